@@ -1,0 +1,169 @@
+"""The models this studio knows, as data.
+
+Every number here is read from the official Wan2.1 / Wan2.2 configs and generate scripts
+(see shared/WAN_FACTS.md). A checkpoint is matched to a spec by its *architecture* (dim, ffn, layers,
+channels, read from tensor shapes); the expert pairing of Wan2.2 A14B (high / low noise) cannot be seen
+in the tensors — both experts have the 14B shape — so it comes from the folder layout or file name.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Official default negative prompt for all T2V tasks (wan/configs/shared_config.py).
+DEFAULT_NEGATIVE_PROMPT = (
+    "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，"
+    "JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，"
+    "手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
+)
+
+SOLVERS = ("unipc", "dpm++", "euler")
+
+
+@dataclass(frozen=True)
+class Arch:
+    """The shape of a Wan DiT, as far as its tensors tell it."""
+    dim: int
+    ffn_dim: int
+    num_layers: int
+    in_channels: int
+    out_channels: int
+    head_dim: int = 128
+
+    @property
+    def num_heads(self) -> int:
+        return self.dim // self.head_dim
+
+
+@dataclass(frozen=True)
+class Download:
+    """Where a missing file can be fetched from (huggingface_hub), and where it goes."""
+    repo: str
+    filename: str          # path inside the repo
+    subdir: str            # folder under the models dir: diffusion_models / text_encoders / vae
+    approx_gb: float
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    id: str
+    name: str
+    arch: Arch
+    vae: str                     # "wan2.1" (z 16, stride 4·8·8) or "wan2.2" (z 48, stride 4·16·16)
+    experts: int                 # 2 for Wan2.2 A14B (high-noise, low-noise)
+    params: float                # DiT parameter count (one expert)
+    steps: int
+    shift: float
+    guidance: float              # CFG; for A14B the high-noise expert's
+    guidance_2: float | None     # A14B: the low-noise expert's CFG
+    boundary: float | None       # A14B: t >= boundary*1000 -> high-noise expert
+    fps: int
+    frames: int                  # training length
+    sizes: tuple[tuple[int, int], ...]   # official (W, H), first is the default
+    size_multiple: int           # 16 for the 8x VAE (patch 2), 32 for the 16x VAE
+    text_len: int = 512
+    tiny: bool = False
+    diffusers_repo: str | None = None
+    downloads: tuple[Download, ...] = field(default=())
+
+    @property
+    def vae_stride(self) -> tuple[int, int, int]:
+        return (4, 16, 16) if self.vae == "wan2.2" else (4, 8, 8)
+
+    @property
+    def z_dim(self) -> int:
+        return 48 if self.vae == "wan2.2" else 16
+
+    @property
+    def default_size(self) -> tuple[int, int]:
+        return self.sizes[0]
+
+    def latent_shape(self, frames: int, width: int, height: int) -> tuple[int, int, int, int]:
+        st, sh, sw = self.vae_stride
+        return (self.z_dim, (frames - 1) // st + 1, height // sh, width // sw)
+
+    def seq_len(self, frames: int, width: int, height: int) -> int:
+        """Tokens per forward pass: latent frames x (H/stride/2) x (W/stride/2) (patch 1x2x2)."""
+        _, f, h, w = self.latent_shape(frames, width, height)
+        return f * (h // 2) * (w // 2)
+
+
+_COMFY21 = "Comfy-Org/Wan_2.1_ComfyUI_repackaged"
+_COMFY22 = "Comfy-Org/Wan_2.2_ComfyUI_Repackaged"
+_UMT5 = Download(_COMFY21, "split_files/text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors",
+                 "text_encoders", 6.7)
+_VAE21 = Download(_COMFY21, "split_files/vae/wan_2.1_vae.safetensors", "vae", 0.25)
+_VAE22 = Download(_COMFY22, "split_files/vae/wan2.2_vae.safetensors", "vae", 1.4)
+
+_ARCH_1_3B = Arch(1536, 8960, 30, 16, 16)
+_ARCH_14B = Arch(5120, 13824, 40, 16, 16)
+_ARCH_5B = Arch(3072, 14336, 30, 48, 48)
+# Tiny random models built by wan_app.tiny (head_dim 16 so that 2 heads fit in dim 32).
+_ARCH_TINY = Arch(32, 64, 2, 16, 16, head_dim=16)
+_ARCH_TINY_48 = Arch(32, 64, 2, 48, 48, head_dim=16)
+
+_P480 = ((832, 480), (480, 832))
+_P720 = ((1280, 720), (720, 1280))
+
+MODELS: dict[str, ModelSpec] = {s.id: s for s in [
+    ModelSpec(
+        id="wan2.1-t2v-1.3b", name="Wan2.1 T2V 1.3B", arch=_ARCH_1_3B, vae="wan2.1", experts=1,
+        params=1.419e9, steps=50, shift=5.0, guidance=5.0, guidance_2=None, boundary=None,
+        fps=16, frames=81, sizes=_P480, size_multiple=16,
+        diffusers_repo="Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
+        downloads=(Download(_COMFY21, "split_files/diffusion_models/wan2.1_t2v_1.3B_fp16.safetensors",
+                            "diffusion_models", 2.8), _UMT5, _VAE21)),
+    ModelSpec(
+        id="wan2.1-t2v-14b", name="Wan2.1 T2V 14B", arch=_ARCH_14B, vae="wan2.1", experts=1,
+        params=14.288e9, steps=50, shift=5.0, guidance=5.0, guidance_2=None, boundary=None,
+        fps=16, frames=81, sizes=_P720 + _P480, size_multiple=16,
+        diffusers_repo="Wan-AI/Wan2.1-T2V-14B-Diffusers",
+        downloads=(Download(_COMFY21, "split_files/diffusion_models/wan2.1_t2v_14B_fp8_e4m3fn.safetensors",
+                            "diffusion_models", 14.3), _UMT5, _VAE21)),
+    ModelSpec(
+        id="wan2.2-t2v-a14b", name="Wan2.2 T2V A14B (two experts)", arch=_ARCH_14B, vae="wan2.1",
+        experts=2, params=14.288e9, steps=40, shift=12.0, guidance=4.0, guidance_2=3.0, boundary=0.875,
+        fps=16, frames=81, sizes=_P720 + _P480, size_multiple=16,
+        diffusers_repo="Wan-AI/Wan2.2-T2V-A14B-Diffusers",
+        downloads=(Download(_COMFY22, "split_files/diffusion_models/wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors",
+                            "diffusion_models", 14.3),
+                   Download(_COMFY22, "split_files/diffusion_models/wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors",
+                            "diffusion_models", 14.3), _UMT5, _VAE21)),
+    ModelSpec(
+        id="wan2.2-ti2v-5b", name="Wan2.2 TI2V 5B (text to video)", arch=_ARCH_5B, vae="wan2.2",
+        experts=1, params=5.0e9, steps=50, shift=5.0, guidance=5.0, guidance_2=None, boundary=None,
+        fps=24, frames=121, sizes=((1280, 704), (704, 1280)), size_multiple=32,
+        diffusers_repo="Wan-AI/Wan2.2-TI2V-5B-Diffusers",
+        downloads=(Download(_COMFY22, "split_files/diffusion_models/wan2.2_ti2v_5B_fp16.safetensors",
+                            "diffusion_models", 10.0), _UMT5, _VAE22)),
+    # Tiny random models (python -m wan_app.tiny DIR): same code paths, seconds on a CPU.
+    ModelSpec(
+        id="tiny-wan2.1-t2v", name="Tiny Wan2.1 T2V (random weights, for testing)", arch=_ARCH_TINY,
+        vae="wan2.1", experts=1, params=0.0, steps=4, shift=5.0, guidance=5.0, guidance_2=None,
+        boundary=None, fps=16, frames=9, sizes=((64, 64), (96, 64), (64, 96)), size_multiple=16, tiny=True),
+    ModelSpec(
+        id="tiny-wan2.2-t2v-a14b", name="Tiny Wan2.2 T2V A14B (random weights, for testing)",
+        arch=_ARCH_TINY, vae="wan2.1", experts=2, params=0.0, steps=10, shift=12.0, guidance=4.0,
+        guidance_2=3.0, boundary=0.875, fps=16, frames=9, sizes=((64, 64), (96, 64), (64, 96)),
+        size_multiple=16, tiny=True),
+    ModelSpec(
+        id="tiny-wan2.2-ti2v-5b", name="Tiny Wan2.2 TI2V 5B (random weights, for testing)",
+        arch=_ARCH_TINY_48, vae="wan2.2", experts=1, params=0.0, steps=4, shift=5.0, guidance=5.0,
+        guidance_2=None, boundary=None, fps=24, frames=9, sizes=((64, 64), (96, 64), (64, 96)),
+        size_multiple=32, tiny=True),
+]}
+
+
+def get(model_id: str) -> ModelSpec:
+    from .errors import UserError
+    try:
+        return MODELS[model_id]
+    except KeyError:
+        raise UserError("model", f"unknown model '{model_id}'",
+                        "choose one of: " + ", ".join(MODELS)) from None
+
+
+def specs_for_arch(arch: Arch) -> list[ModelSpec]:
+    """Catalog entries whose DiT has this shape (head_dim is not stored in a checkpoint)."""
+    key = (arch.dim, arch.ffn_dim, arch.num_layers, arch.in_channels, arch.out_channels)
+    return [s for s in MODELS.values()
+            if (s.arch.dim, s.arch.ffn_dim, s.arch.num_layers, s.arch.in_channels, s.arch.out_channels) == key]

@@ -1,0 +1,50 @@
+"""The shape of a memory plan: what the planner decides and what wan_app.memory carries out.
+
+Kept apart from the planner's logic so the engine, the memory module and the UI agree on one type.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+DTYPES = ("fp32", "bf16", "fp16", "fp8")
+ATTENTION_BACKENDS = ("auto", "sage", "flash", "sdpa", "native")
+TEXT_ENCODER_PLACES = ("auto", "gpu", "cpu")
+
+
+@dataclass
+class Overrides:
+    """Choices a user forces; None means 'let the planner decide'."""
+    blocks_swapped: int | None = None     # transformer blocks kept in (pinned) CPU memory
+    weight_dtype: str | None = None       # DiT weight storage: fp32 / bf16 / fp16 / fp8
+    text_encoder: str | None = None       # gpu / cpu
+    attention: str | None = None          # sage / flash / sdpa / native
+    vae_tiling: bool | None = None
+    experts_resident: str | None = None   # A14B: "both" or "one"
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+@dataclass
+class Plan:
+    device: str                       # "cuda:0", "mps" or "cpu"
+    compute_dtype: str                # dtype activations run in: bf16 / fp16 / fp32
+    weight_dtype: str                 # DiT weight storage: bf16 / fp16 / fp32 / fp8 (upcast per layer)
+    text_encoder_device: str          # where umT5 runs: the device or "cpu"
+    text_encoder_dtype: str
+    blocks_total: int
+    blocks_swapped: int               # the last K blocks live in CPU memory and stream in per step
+    attention_backend: str            # sage / flash / sdpa / native (what will actually run)
+    vae_tiling: bool
+    max_frames: int                   # largest 4n+1 that fits at the requested size
+    experts_resident: str = "both"    # A14B: "both" in RAM, or "one" streamed from disk at the switch
+    est_vram_gb: float = 0.0          # estimated peak VRAM
+    est_ram_gb: float = 0.0           # estimated peak RAM
+    reasons: list[str] = field(default_factory=list)
+    forced: list[str] = field(default_factory=list)   # names of fields set by overrides
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        return "\n".join(self.reasons)
