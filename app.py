@@ -1,0 +1,35 @@
+"""Wan video studio. `python app.py` starts the web app; `python app.py COMMAND --help` for the CLI."""
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+from wan_app.cli import DEFAULT_MODELS_DIR, DEFAULT_OUTPUTS_DIR, main  # noqa: E402
+
+
+def add_ui_options(parser) -> None:
+    g = parser.add_argument_group("web app (when no command is given)")
+    g.add_argument("--port", type=int, default=7860, help="port to serve on (default: 7860, next free if taken)")
+    g.add_argument("--listen", action="store_true",
+                   help="serve on all network interfaces, not just this computer (requires a password)")
+    g.add_argument("--share", action="store_true",
+                   help="also open a temporary public link (requires a password; needs internet)")
+    g.add_argument("--auth", metavar="USER:PASS",
+                   help="password for --listen / --share; without it one is generated and printed")
+    g.add_argument("--models-dir", action="append", metavar="DIR",
+                   help=f"model weights folder, repeatable (default: from settings, else {DEFAULT_MODELS_DIR})")
+    g.add_argument("--outputs-dir", metavar="DIR",
+                   help=f"where videos are written (default: from settings, else {DEFAULT_OUTPUTS_DIR})")
+    g.add_argument("--settings", metavar="FILE", default="settings.json", help="settings file (default: settings.json)")
+    g.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
+
+
+def launch_ui(args) -> int:
+    from ui.server import launch
+    return launch(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main(default=launch_ui, top_level=add_ui_options))

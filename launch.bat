@@ -1,0 +1,26 @@
+@echo off
+rem One click: installs on first run (a few minutes), then starts the studio and opens the browser.
+rem Flags pass through: --port N --listen --share --auth user:pass --models-dir DIR --outputs-dir DIR
+setlocal
+cd /d "%~dp0"
+set GRADIO_ANALYTICS_ENABLED=False
+where python >nul 2>nul || (echo Python 3.10+ is needed: install it from python.org, tick "Add to PATH", and run this again. & pause & exit /b 1)
+if not exist .venv\Scripts\python.exe (
+  echo Creating .venv ...
+  python -m venv .venv || (pause & exit /b 1)
+)
+if exist .venv\.installed-app goto run
+rem PyPI's Windows torch wheels are CPU-only: with an NVIDIA GPU take the CUDA build from PyTorch's index.
+if not defined TORCH_INDEX_URL (
+  where nvidia-smi >nul 2>nul && set TORCH_INDEX_URL=https://download.pytorch.org/whl/cu130
+)
+if defined TORCH_INDEX_URL (
+  .venv\Scripts\python -m pip install --extra-index-url %TORCH_INDEX_URL% torch==2.13.0 || (pause & exit /b 1)
+) else (
+  .venv\Scripts\python -m pip install torch==2.13.0 || (pause & exit /b 1)
+)
+.venv\Scripts\python -m pip install -r requirements.txt || (pause & exit /b 1)
+echo ok> .venv\.installed-app
+:run
+.venv\Scripts\python app.py %*
+if errorlevel 1 pause

@@ -1,0 +1,246 @@
+"""Headless command line: a thin consumer of the engine's event stream, like the UI."""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from . import catalog, events
+from .errors import UserError
+from .plan_types import ATTENTION_BACKENDS, DTYPES, Overrides
+from .request import Request, parse_size
+
+DEFAULT_MODELS_DIR = "models"
+DEFAULT_OUTPUTS_DIR = "outputs"
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--models-dir", action="append", metavar="DIR",
+                   help="folder with model weights; a ComfyUI 'models' folder works as is; repeatable "
+                        f"(default: {DEFAULT_MODELS_DIR})")
+    p.add_argument("--outputs-dir", metavar="DIR", default=None,
+                   help=f"where videos are written (default: {DEFAULT_OUTPUTS_DIR})")
+
+
+def add_overrides(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("memory plan overrides (default: decided for this machine)")
+    g.add_argument("--blocks-swapped", type=int, metavar="K", help="transformer blocks kept in CPU memory")
+    g.add_argument("--weight-dtype", choices=DTYPES, help="transformer weight storage")
+    g.add_argument("--text-encoder", choices=("gpu", "cpu"), help="where the umT5 text encoder runs")
+    g.add_argument("--attention", choices=[a for a in ATTENTION_BACKENDS if a != "auto"],
+                   help="attention kernel")
+    g.add_argument("--vae-tiling", choices=("on", "off"), help="decode the video in tiles")
+    g.add_argument("--experts-resident", choices=("both", "one"),
+                   help="Wan2.2 A14B: keep both experts in RAM, or stream one at a time from disk")
+
+
+def overrides_from(args) -> Overrides:
+    return Overrides(
+        blocks_swapped=args.blocks_swapped, weight_dtype=args.weight_dtype, text_encoder=args.text_encoder,
+        attention=args.attention,
+        vae_tiling=None if args.vae_tiling is None else args.vae_tiling == "on",
+        experts_resident=args.experts_resident)
+
+
+def add_request_args(p: argparse.ArgumentParser, frames_help: str) -> None:
+    p.add_argument("--model", required=True, help="model id: " + ", ".join(catalog.MODELS))
+    p.add_argument("--prompt", required=True, help="what the video shows")
+    p.add_argument("--negative-prompt", default=None, help="what to avoid (default: the official one)")
+    p.add_argument("--size", default=None, metavar="WxH", help="e.g. 832x480 (default: the model's)")
+    p.add_argument("--frames", type=int, default=None, help=frames_help)
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: official)")
+    p.add_argument("--shift", type=float, default=None, help="flow shift (default: official)")
+    p.add_argument("--cfg", type=float, default=None, dest="guidance",
+                   help="CFG scale (A14B: the high-noise expert's)")
+    p.add_argument("--cfg-low", type=float, default=None, dest="guidance_2",
+                   help="A14B: the low-noise expert's CFG scale")
+    p.add_argument("--boundary", type=float, default=None, help="A14B: expert switch at t >= boundary*1000")
+    p.add_argument("--solver", default="unipc", choices=catalog.SOLVERS, help="sampler (default: unipc)")
+    p.add_argument("--seed", type=int, default=-1, help="-1 for random; the seed used is printed")
+    p.add_argument("--fps", type=int, default=None, help="frames per second of the mp4 (default: the model's)")
+
+
+def request_from(args) -> Request:
+    w, h = parse_size(args.size) if args.size else (None, None)
+    return Request(model=args.model, prompt=args.prompt, negative_prompt=args.negative_prompt,
+                   width=w, height=h, frames=args.frames, steps=args.steps, shift=args.shift,
+                   guidance=args.guidance, guidance_2=args.guidance_2, boundary=args.boundary,
+                   solver=args.solver, seed=None if args.seed < 0 else args.seed, fps=args.fps)
+
+
+def models_dirs(args) -> list[str]:
+    return args.models_dir or [DEFAULT_MODELS_DIR]
+
+
+# ---- commands -------------------------------------------------------------------------------
+def cmd_models(args) -> int:
+    from .checkpoints import scan
+    inv = scan([Path(d) for d in models_dirs(args)])
+    if args.ids:
+        for mid in inv.runnable_ids():
+            print(mid)
+        return 0
+    for st in inv.status():
+        if st.spec.tiny and not st.runnable and not args.all:
+            continue
+        mark = "ready  " if st.runnable else "missing"
+        print(f"[{mark}] {st.spec.id:24s} {st.spec.name}")
+        for comp, path in st.found.items():
+            print(f"           {comp}: {path}")
+        for m in st.missing:
+            print(f"           needs: {m}")
+    problems = [f for f in inv.files if f.problem]
+    for f in problems:
+        print(f"[skipped] {f.path}: {f.problem}")
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from .hardware import Hardware, detect
+    from .planner import explain, plan
+    spec = catalog.get(args.model)
+    w, h = parse_size(args.size) if args.size else spec.default_size
+    frames = args.frames or spec.frames
+    if args.vram is not None or args.ram is not None:
+        hw = Hardware.simulated(vram_gb=args.vram or None, ram_gb=args.ram if args.ram is not None else 32.0)
+    else:
+        hw = detect()
+    p = plan(hw, spec, w, h, frames, overrides_from(args))
+    print(explain(hw, p))
+    return 0
+
+
+def _install_sigint(cancel: threading.Event) -> None:
+    def handler(signum, frame):
+        if cancel.is_set():
+            raise KeyboardInterrupt
+        print("\nStopping after this step… (Ctrl+C again to abort)", file=sys.stderr)
+        cancel.set()
+    signal.signal(signal.SIGINT, handler)
+
+
+def consume(stream, quiet: bool = False) -> int:
+    """Print an engine event stream with a progress bar. Returns the exit code."""
+    from tqdm import tqdm
+    bar = None
+    code = 1
+    for ev in stream:
+        if isinstance(ev, events.PlanReady):
+            if not quiet:
+                print("Plan:\n  " + "\n  ".join(ev.reasons))
+        elif isinstance(ev, events.Notice):
+            print(f"note: {ev.message}", file=sys.stderr)
+        elif isinstance(ev, events.Progress):
+            if ev.phase == "sample":
+                if bar is None or bar.total != ev.total or ev.step == 1:
+                    if bar:
+                        bar.close()
+                    desc = "sampling" if ev.window is None else f"window {ev.window + 1}/{ev.windows}"
+                    bar = tqdm(total=ev.total, desc=desc, unit="step", disable=quiet)
+                bar.n = ev.step
+                bar.refresh()
+            elif not quiet:
+                if bar:
+                    bar.close()
+                    bar = None
+                print(f"{ev.phase}: {ev.message}", file=sys.stderr)
+        elif isinstance(ev, events.ExpertSwitch):
+            if not quiet:
+                tqdm.write(f"expert switch at step {ev.step}: {ev.from_expert} → {ev.to_expert} "
+                           f"({ev.seconds:.2f}s)")
+        elif isinstance(ev, events.WindowDone):
+            if not quiet:
+                tqdm.write(f"window {ev.window + 1}/{ev.windows} done: {ev.frames_total} frames in {ev.path}")
+        elif isinstance(ev, events.Finished):
+            if bar:
+                bar.close()
+            seed = ev.metadata.get("request", {}).get("seed")
+            print(f"wrote {ev.path} (seed {seed}, {ev.seconds:.1f}s)")
+            code = 0
+        elif isinstance(ev, events.Cancelled):
+            print(ev.message + (f" Finished part: {ev.path}" if ev.path else ""), file=sys.stderr)
+            code = 130
+        elif isinstance(ev, events.Failed):
+            print(f"error: {ev.message}" + (f"\n  fix: {ev.hint}" if ev.hint else ""), file=sys.stderr)
+            code = 2
+    if bar:
+        bar.close()
+    return code
+
+
+def make_engine(args):
+    from .engine import Engine
+    return Engine(models_dirs(args), args.outputs_dir or DEFAULT_OUTPUTS_DIR, overrides=overrides_from(args))
+
+
+def cmd_generate(args) -> int:
+    engine = make_engine(args)
+    cancel = threading.Event()
+    _install_sigint(cancel)
+    req = request_from(args)
+    if args.frames and args.frames > catalog.get(args.model).frames and not args.no_windows:
+        from .longvideo import LongRequest, run_long
+        return consume(run_long(engine, LongRequest(base=req, total_frames=args.frames,
+                                                    window=args.window, overlap=args.overlap),
+                                cancel=cancel, out_path=Path(args.out) if args.out else None), args.quiet)
+    return consume(engine.run(req, cancel=cancel, out_path=Path(args.out) if args.out else None), args.quiet)
+
+
+def build_parser(extra_commands=None, top_level=None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="app.py",
+        description="Wan video studio: text-to-video with Wan2.1 / Wan2.2 that plans GPU memory by itself. "
+                    "Without a command it starts the web app.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("models", help="list the models found and what each still lacks")
+    add_common(p)
+    p.add_argument("--ids", action="store_true", help="print only the ids of runnable models, one per line")
+    p.add_argument("--all", action="store_true", help="also list the tiny test models when absent")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("plan", help="print the memory plan and its reasons for this or a described machine")
+    p.add_argument("--model", required=True, help="model id: " + ", ".join(catalog.MODELS))
+    p.add_argument("--size", default=None, metavar="WxH", help="default: the model's")
+    p.add_argument("--frames", type=int, default=None, help="default: the model's training length")
+    p.add_argument("--vram", type=float, default=None, help="describe a machine: GPU memory in GB (0 = no GPU)")
+    p.add_argument("--ram", type=float, default=None, help="describe a machine: RAM in GB")
+    add_overrides(p)
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("generate", help="make a video from a prompt, headless, with a progress bar")
+    add_request_args(p, "frames, 4n+1 (default: the model's 81 / 121); more than that is made window "
+                        "by window like Extend")
+    add_common(p)
+    p.add_argument("--out", default=None, help="output .mp4 path (default: a new file in the outputs folder)")
+    p.add_argument("--window", type=int, default=None, help="long videos: frames per window")
+    p.add_argument("--overlap", type=int, default=None, help="long videos: frames shared by windows (4m+1)")
+    p.add_argument("--no-windows", action="store_true", help="never split into windows")
+    p.add_argument("--quiet", action="store_true", help="only print the result")
+    add_overrides(p)
+    p.set_defaults(func=cmd_generate)
+
+    for add in extra_commands or []:
+        add(sub)
+    if top_level:
+        top_level(parser)
+    return parser
+
+
+def main(argv=None, extra_commands=None, default=None, top_level=None) -> int:
+    """`default` runs when no command is given (app.py: the web app, whose options `top_level` adds)."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    parser = build_parser(extra_commands, top_level)
+    args = parser.parse_args(argv)
+    func = getattr(args, "func", None) or default
+    if func is None:
+        parser.print_help()
+        return 0
+    try:
+        return func(args)
+    except UserError as e:
+        print(f"error: {e.field}: {e.problem}" + (f"\n  fix: {e.fix}" if e.fix else ""), file=sys.stderr)
+        return 2
