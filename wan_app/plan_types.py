@@ -42,6 +42,9 @@ class Plan:
     est_ram_gb: float = 0.0           # estimated peak RAM
     reasons: list[str] = field(default_factory=list)
     forced: list[str] = field(default_factory=list)   # names of fields set by overrides
+    text_encoder_kept: bool = True    # umT5 stays in RAM between prompts (False: released, reloaded per prompt)
+    # Why this run cannot go ahead as asked ({"field", "problem", "fix"} for a UserError), None = it can.
+    blocker: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
