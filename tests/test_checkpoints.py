@@ -1,0 +1,184 @@
+"""Finding, identifying and loading checkpoints: the cases a user's models folder really has."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from wan_app import catalog, tiny
+from wan_app.checkpoints import convert, download_missing, identify_file, load_components, scan
+from wan_app.checkpoints.load import build_transformer
+from wan_app.errors import UserError
+
+
+def copy_layout(tiny_root, layout: str, dst: Path) -> Path:
+    shutil.copytree(tiny_root[layout].path, dst)
+    return dst
+
+
+def status_of(inv, model_id):
+    return next(s for s in inv.status() if s.spec.id == model_id)
+
+
+def test_comfyui_models_folder_works_as_is(tiny_root, tmp_path):
+    root = copy_layout(tiny_root, "comfyui-fp16", tmp_path / "models")
+    assert sorted(p.name for p in root.iterdir()) == ["diffusion_models", "text_encoders", "vae"]
+    inv = scan([root])
+    files = inv.resolve(tiny.T21)
+    assert files.transformer.layout == "comfyui"
+    assert files.tokenizer.path == files.text_encoder.path     # tokenizer read from spiece_model inside
+    d = files.describe()
+    assert d["model_id"] == tiny.T21 and d["transformer"]["dtype"] == "fp16"
+    assert inv.runnable_ids() == [tiny.T21]     # same arch as tiny A14B, but no expert pair here
+
+
+def test_one_scan_over_all_layouts_runs_every_tiny_model(tiny_root):
+    root = next(iter(tiny_root.values())).path.parent
+    inv = scan([root])
+    assert set(inv.runnable_ids()) == {tiny.T21, tiny.A14, tiny.TI2V}
+    # components are taken next to the chosen DiT, not from another layout
+    files = inv.resolve(tiny.TI2V)
+    assert Path(files.vae.path).parent.parent == Path(files.transformer.path).parent.parent or \
+        Path(files.vae.path).parent == Path(files.transformer.path).parent
+
+
+@pytest.mark.parametrize("component, folder, words", [
+    ("text encoder", "text_encoders", "text encoder"),
+    ("vae", "vae", "VAE"),
+])
+def test_missing_component_is_named_in_status(tiny_root, tmp_path, component, folder, words):
+    root = copy_layout(tiny_root, "comfyui-fp16", tmp_path / "models")
+    shutil.rmtree(root / folder)
+    st = status_of(scan([root]), tiny.T21)
+    assert not st.runnable
+    assert any(words in m and f"<models>/{folder}/" in m for m in st.missing)
+    with pytest.raises(UserError, match=words):
+        scan([root]).resolve(tiny.T21)
+
+
+def test_missing_tokenizer_is_named_in_status(tiny_root, tmp_path):
+    root = copy_layout(tiny_root, "official-t2v", tmp_path / "models")
+    shutil.rmtree(root / "google")
+    st = status_of(scan([root]), tiny.T21)
+    assert not st.runnable
+    assert len(st.missing) == 1 and "tokenizer" in st.missing[0] and "umt5-xxl" in st.missing[0]
+
+
+def test_missing_low_noise_expert_is_named(tiny_root, tmp_path):
+    root = copy_layout(tiny_root, "official-a14b", tmp_path / "models")
+    shutil.rmtree(root / "low_noise_model")
+    st = status_of(scan([root]), tiny.A14)
+    assert not st.runnable and st.missing == [m for m in st.missing if "low-noise expert" in m]
+    # a lone 14B-shaped file inside high_noise_model/ is not mistaken for a single-expert model
+    assert tiny.T21 not in scan([root]).runnable_ids()
+
+
+def test_truncated_file_is_refused_naming_it(tiny_root, tmp_path):
+    root = copy_layout(tiny_root, "comfyui-fp16", tmp_path / "models")
+    dit = next((root / "diffusion_models").iterdir())
+    data = dit.read_bytes()
+    dit.write_bytes(data[: len(data) - 1000])
+    inv = scan([root])
+    assert tiny.T21 not in inv.runnable_ids()
+    with pytest.raises(UserError) as e:
+        inv.resolve(tiny.T21)
+    assert dit.name in str(e.value) and "truncated" in str(e.value)
+
+
+def test_text_encoder_of_the_wrong_width_is_refused_naming_it(tiny_root, tmp_path):
+    root = copy_layout(tiny_root, "comfyui-fp16", tmp_path / "models")
+    te = root / "text_encoders" / "umt5_xxl_fp16.safetensors"
+    from safetensors import safe_open
+    with safe_open(str(te), "pt") as f:
+        sd = {k: f.get_tensor(k) for k in f.keys()}
+    wide = {k: (torch.zeros(*[48 if s == tiny.TEXT_DIM else s for s in v.shape], dtype=v.dtype)
+                if k != "spiece_model" else v) for k, v in sd.items()}
+    te.unlink()
+    save_file(wide, str(root / "text_encoders" / "umt5_other.safetensors"))
+    with pytest.raises(UserError) as e:
+        scan([root]).resolve(tiny.T21)
+    assert "umt5_other.safetensors" in str(e.value) and "width 48" in str(e.value)
+
+
+def test_vae_of_the_wrong_kind_is_refused_naming_it(tiny_root, tmp_path):
+    root = copy_layout(tiny_root, "comfyui-fp16", tmp_path / "models")
+    (root / "vae" / "wan_2.1_vae.safetensors").unlink()
+    shutil.copy(tiny_root["comfyui-ti2v"].path / "vae" / "wan2.2_vae.safetensors", root / "vae")
+    with pytest.raises(UserError) as e:
+        scan([root]).resolve(tiny.T21)
+    assert "wan2.2_vae.safetensors" in str(e.value) and "Wan2.2 VAE" in str(e.value)
+
+
+def test_unknown_checkpoint_is_reported_not_loaded(tmp_path):
+    p = tmp_path / "diffusion_models" / "some_lora.safetensors"
+    p.parent.mkdir()
+    save_file({"lora_unet_down.weight": torch.zeros(4, 4)}, str(p))
+    inv = scan([tmp_path])
+    assert inv.files[0].kind == "unknown" and "no Wan tensors" in inv.files[0].problem
+    assert inv.runnable_ids() == []
+
+
+def test_identification_ignores_file_names(tiny_root, tmp_path):
+    src = next((tiny_root["comfyui-fp8-scaled"].path / "diffusion_models").iterdir())
+    dst = tmp_path / "wan2.2_vae_renamed.safetensors"
+    shutil.copy(src, dst)
+    f = identify_file([dst])
+    assert (f.kind, f.dtype, f.arch.dim, f.arch.num_layers, f.ident.text_dim) == ("dit", "fp8_scaled", 32, 2, 32)
+
+
+def test_official_dit_map_round_trips_through_diffusers_converter():
+    ref = tiny.reference_components(tiny.T21).transformer.state_dict()
+    back = convert.dit_official_to_diffusers(convert.dit_diffusers_to_official(ref))
+    assert set(back) == set(ref) and all(torch.equal(back[k], ref[k]) for k in ref)
+
+
+def test_loading_shares_memory_with_the_file_instead_of_copying(tmp_path):
+    """Every parameter of an f32 checkpoint loaded as f32 must live inside the file's mmap."""
+    from diffusers import WanTransformer3DModel
+    torch.manual_seed(0)
+    model = WanTransformer3DModel(num_attention_heads=8, attention_head_dim=32, in_channels=16, out_channels=16,
+                                  text_dim=256, freq_dim=64, ffn_dim=1024, num_layers=4)
+    path = tmp_path / "dit.safetensors"
+    save_file(convert.dit_diffusers_to_official(model.state_dict()), str(path))
+    assert path.stat().st_size > 10e6
+    t = build_transformer(identify_file([path]), catalog.MODELS[tiny.T21], torch.float32)
+    maps = []
+    for line in open("/proc/self/maps"):
+        parts = line.split()
+        if len(parts) >= 6 and parts[5] == str(path):
+            lo, hi = (int(x, 16) for x in parts[0].split("-"))
+            maps.append((lo, hi))
+    assert maps, "the checkpoint is not memory-mapped"
+    params = list(t.parameters())
+    inside = [p for p in params if any(lo <= p.data_ptr() < hi for lo, hi in maps)]
+    assert len(inside) == len(params)
+    assert all(torch.equal(p, q) for p, q in zip(t.state_dict().values(), model.state_dict().values()))
+
+
+def test_download_offline_lists_each_file_and_its_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    spec = catalog.get("wan2.1-t2v-1.3b")
+    with pytest.raises(UserError) as e:
+        download_missing(spec, tmp_path)
+    msg = str(e.value)
+    for d in spec.downloads:
+        assert d.filename.rsplit("/", 1)[-1] in msg and str(tmp_path / d.subdir) in msg
+
+
+def test_download_skips_files_already_there(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    spec = catalog.get("wan2.1-t2v-1.3b")
+    for d in spec.downloads:
+        (tmp_path / d.subdir).mkdir(exist_ok=True)
+        (tmp_path / d.subdir / d.filename.rsplit("/", 1)[-1]).write_bytes(b"x")
+    assert download_missing(spec, tmp_path) == []
+
+
+def test_load_components_in_half_precision_keeps_file_dtype(tiny_root):
+    files = scan([tiny_root["comfyui-fp16"].path]).resolve(tiny.T21)
+    comp = load_components(files, torch.float16)
+    assert {p.dtype for p in comp.transformer.parameters()} == {torch.float16}
+    assert comp.text_encoder.shared.weight is comp.text_encoder.encoder.embed_tokens.weight

@@ -1,0 +1,264 @@
+"""Find weights in model folders and say, per catalog model, what is there and what is missing.
+
+Only headers are read (safetensors JSON; `.pth` through a lazy mmap), so scanning 50 GB of models takes
+well under a second per file. A ComfyUI models folder (diffusion_models/, text_encoders/, vae/), the
+official Wan-AI folders and diffusers folders (model_index.json) all work as they are.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import catalog
+from ..catalog import ModelSpec
+from ..errors import UserError
+from .headers import read_header
+from .identify import Identity, identify
+
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".ckpt")
+_SHARD = re.compile(r"^(.+)-\d{5}-of-\d{5}\.safetensors$")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "spiece.model")
+
+
+@dataclass
+class FoundFile:
+    path: Path                                   # the file, or the folder (tokenizer) / index (shards)
+    kind: str                                    # dit | text_encoder | vae | tokenizer | diffusers | unknown
+    layout: str = ""                             # diffusers | official | comfyui
+    dtype: str = ""                              # fp32 | bf16 | fp16 | fp8 | fp8_scaled
+    expert: str | None = None                    # A14B: "high" | "low" (from the folder or the file name)
+    problem: str | None = None
+    ident: Identity | None = None
+    paths: list[Path] = field(default_factory=list)   # the files to read (shards)
+    nbytes: int = 0
+
+    @property
+    def arch(self):
+        return self.ident.arch if self.ident else None
+
+    def describe(self) -> dict:
+        d = {"path": str(self.path), "kind": self.kind, "layout": self.layout, "dtype": self.dtype}
+        if self.expert:
+            d["expert"] = self.expert
+        if self.problem:
+            d["problem"] = self.problem
+        return d
+
+
+@dataclass
+class ModelStatus:
+    spec: ModelSpec
+    runnable: bool
+    found: dict[str, str]            # component -> path
+    missing: list[str]               # sentences: which file, where to put it
+
+
+@dataclass
+class ModelFiles:
+    spec: ModelSpec
+    transformer: FoundFile                      # the only expert, or A14B's high-noise one
+    transformer_2: FoundFile | None
+    text_encoder: FoundFile
+    tokenizer: FoundFile                        # a tokenizer folder, or the umT5 file carrying spiece_model
+    vae: FoundFile
+
+    def sources(self) -> dict[str, str]:
+        s = {"transformer": str(self.transformer.path), "text_encoder": str(self.text_encoder.path),
+             "tokenizer": str(self.tokenizer.path), "vae": str(self.vae.path)}
+        if self.transformer_2:
+            s["transformer_2"] = str(self.transformer_2.path)
+        return s
+
+    def describe(self) -> dict:
+        parts = {"transformer": self.transformer, "transformer_2": self.transformer_2,
+                 "text_encoder": self.text_encoder, "tokenizer": self.tokenizer, "vae": self.vae}
+        return {"model_id": self.spec.id, "model": self.spec.name,
+                **{k: f.describe() for k, f in parts.items() if f is not None}}
+
+
+def _expert(path: Path) -> str | None:
+    name = path.name.lower()
+    parents = [p.name.lower() for p in path.parents][:2]
+    if "high_noise" in name or "high_noise_model" in parents:
+        return "high"
+    if "low_noise" in name or "low_noise_model" in parents:
+        return "low"
+    if parents and parents[0] == "transformer_2":
+        return "low"
+    if parents and parents[0] == "transformer" and (path.parent.parent / "transformer_2").is_dir():
+        return "high"
+    return None
+
+
+def _layout(ident: Identity, path: Path) -> str:
+    if ident.naming == "diffusers" or (ident.naming == "hf" and (path.parent / "config.json").exists()):
+        return "diffusers"
+    if ident.prefixed or ident.dtype in ("fp8", "fp8_scaled") or ident.naming == "hf" or ident.has_spiece:
+        return "comfyui"
+    if path.suffix == ".safetensors" and ident.kind != "dit" or ident.dtype in ("fp16", "bf16") and ident.kind == "dit":
+        return "comfyui"       # official-named single files in half precision are ComfyUI's repackaging
+    return "official"
+
+
+def identify_file(paths: list[Path], shown: Path | None = None) -> FoundFile:
+    shown = shown or paths[0]
+    infos, problem = {}, None
+    for p in paths:
+        try:
+            infos.update(read_header(p))
+        except UserError as e:
+            problem = str(e)
+            infos.update(getattr(e, "infos", {}))
+            if not infos:
+                return FoundFile(shown, "unknown", problem=problem, paths=list(paths))
+    ident = identify(infos)
+    found = FoundFile(shown, ident.kind, _layout(ident, shown), ident.dtype, None, problem, ident, list(paths),
+                      sum(t.nbytes for t in infos.values()))
+    if ident.kind == "unknown" and not problem:
+        found.problem = (f"{shown}: no Wan tensors found (not a Wan DiT, umT5 text encoder or Wan VAE) — "
+                         "remove it from the models folder or ignore this line")
+    if ident.kind == "dit":
+        found.expert = _expert(shown)
+    return found
+
+
+def scan(dirs: list[Path]) -> "Inventory":
+    files: list[FoundFile] = []
+    for root in dirs:
+        root = Path(root).expanduser()
+        if root.is_file():
+            files.append(identify_file([root]))
+            continue
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            here = Path(dirpath)
+            if "model_index.json" in filenames:
+                files.append(FoundFile(here, "diffusers", "diffusers"))
+            if any(f in filenames for f in _TOKENIZER_FILES):
+                files.append(FoundFile(here, "tokenizer", "diffusers" if here.name == "tokenizer" else "official"))
+            shards: dict[str, list[Path]] = {}
+            for name in sorted(filenames):
+                if not name.endswith(WEIGHT_SUFFIXES) or name.startswith("."):
+                    continue
+                if m := _SHARD.match(name):
+                    shards.setdefault(m.group(1), []).append(here / name)
+                else:
+                    files.append(identify_file([here / name]))
+            for stem, parts in shards.items():
+                index = here / f"{stem}.safetensors.index.json"
+                files.append(identify_file(parts, index if index.exists() else parts[0]))
+    return Inventory(files)
+
+
+def _closeness(a: Path, b: Path) -> int:
+    return len(os.path.commonpath([str(Path(a).resolve()), str(Path(b).resolve())]))
+
+
+def _where(spec: ModelSpec, subdir: str, fallback: str) -> str:
+    names = [d.filename.rsplit("/", 1)[-1] for d in spec.downloads if d.subdir == subdir]
+    return f"{' or '.join(names) or fallback} into <models>/{subdir}/"
+
+
+class Inventory:
+    def __init__(self, files: list[FoundFile]):
+        self.files = files
+
+    def of_kind(self, kind: str) -> list[FoundFile]:
+        return [f for f in self.files if f.kind == kind]
+
+    def problems(self) -> list[str]:
+        return [f.problem for f in self.files if f.problem]
+
+    # -- matching -------------------------------------------------------------------------------
+    def _dits(self, spec: ModelSpec, expert: str | None) -> list[FoundFile]:
+        out = []
+        for f in self.of_kind("dit"):
+            if f.ident.has_img_emb or spec not in catalog.specs_for_arch(f.arch):
+                continue
+            if (spec.experts == 2 and f.expert == expert) or (spec.experts == 1 and f.expert is None):
+                out.append(f)
+        return out
+
+    def _pick(self, spec: ModelSpec) -> tuple[dict, list[str], list[str]]:
+        """(chosen files, missing sentences, problems with files that are there but unusable)."""
+        chosen: dict[str, FoundFile] = {}
+        missing: list[str] = []
+        broken: list[str] = []
+        roles = [("transformer", "high"), ("transformer_2", "low")] if spec.experts == 2 else [("transformer", None)]
+        for role, expert in roles:
+            cands = self._dits(spec, expert)
+            good = [f for f in cands if not f.problem]
+            broken += [f.problem for f in cands if f.problem]
+            if good:
+                chosen[role] = good[0]
+            else:
+                what = f"the {expert}-noise expert of {spec.name}" if expert else f"the {spec.name} diffusion model"
+                fix = ("run `python -m wan_app.tiny <models>` to write the tiny test models" if spec.tiny else
+                       f"put {_where(spec, 'diffusion_models', 'its file')} (or a diffusers folder: {spec.diffusers_repo})")
+                missing.append(f"Missing {what}: {fix}.")
+        anchor = next(iter(chosen.values())).path if chosen else None
+        near = (lambda fs: sorted(fs, key=lambda f: -_closeness(f.path, anchor))) if anchor else (lambda fs: fs)
+
+        text_dim = chosen["transformer"].ident.text_dim if "transformer" in chosen else None
+        tes = [f for f in self.of_kind("text_encoder")]
+        broken += [f.problem for f in tes if f.problem]
+        tes = [f for f in tes if not f.problem]
+        fit = near([f for f in tes if text_dim is None or f.ident.d_model == text_dim])
+        if fit:
+            chosen["text_encoder"] = fit[0]
+        else:
+            for f in tes:
+                broken.append(f"Text encoder {f.path} has width {f.ident.d_model}, but {spec.name} needs "
+                              f"{text_dim}: use the umT5-xxl encoder that belongs to this model")
+            missing.append(f"Missing the umT5-xxl text encoder: put {_where(spec, 'text_encoders', 'umt5_xxl_fp16.safetensors')}.")
+
+        vaes = self.of_kind("vae")
+        broken += [f.problem for f in vaes if f.problem]
+        vaes = [f for f in vaes if not f.problem]
+        fit = near([f for f in vaes if f.ident.z_dim == spec.z_dim])
+        if fit:
+            chosen["vae"] = fit[0]
+        else:
+            for f in vaes:
+                kind = "Wan2.2" if f.ident.z_dim == 48 else "Wan2.1"
+                broken.append(f"VAE {f.path} is the {kind} VAE ({f.ident.z_dim} latent channels), but {spec.name} "
+                              f"needs the {spec.vae.capitalize()} VAE ({spec.z_dim} channels)")
+            vae_file = "Wan2.2_VAE.pth / wan2.2_vae.safetensors" if spec.vae == "wan2.2" else "Wan2.1_VAE.pth / wan_2.1_vae.safetensors"
+            missing.append(f"Missing the {spec.vae.capitalize()} VAE: put {_where(spec, 'vae', vae_file)}.")
+
+        toks = near([f for f in self.of_kind("tokenizer")])
+        te = chosen.get("text_encoder")
+        if te is not None and te.ident.has_spiece:
+            chosen["tokenizer"] = te           # the tokenizer travels inside ComfyUI's umT5 files
+        elif toks:
+            chosen["tokenizer"] = toks[0]
+        else:
+            missing.append("Missing the umT5 tokenizer: put the google/umt5-xxl tokenizer folder (tokenizer.json, "
+                           "tokenizer_config.json) under <models>/ (e.g. <models>/google/umt5-xxl/), or use ComfyUI's "
+                           "umt5_xxl_*.safetensors, which carries it inside.")
+        return chosen, missing, broken
+
+    # -- public ---------------------------------------------------------------------------------
+    def status(self) -> list[ModelStatus]:
+        out = []
+        for spec in catalog.MODELS.values():
+            chosen, missing, broken = self._pick(spec)
+            out.append(ModelStatus(spec, not missing, {k: str(f.path) for k, f in chosen.items()},
+                                   missing + [f"Unusable: {b}" for b in broken if missing]))
+        return out
+
+    def runnable_ids(self) -> list[str]:
+        return [s.spec.id for s in self.status() if s.runnable]
+
+    def resolve(self, model_id: str) -> ModelFiles:
+        spec = catalog.get(model_id)
+        chosen, missing, broken = self._pick(spec)
+        if missing:
+            broken += [f.problem for f in self.of_kind("unknown") if f.problem and "no Wan tensors" not in f.problem]
+            detail = " ".join(missing + [f"Unusable: {b}." for b in broken])
+            raise UserError("model", f"{spec.name} cannot run yet. {detail}",
+                            "put the files where it says (or use Download in Settings), then rescan")
+        return ModelFiles(spec, chosen["transformer"], chosen.get("transformer_2"), chosen["text_encoder"],
+                          chosen["tokenizer"], chosen["vae"])

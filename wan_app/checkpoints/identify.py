@@ -1,0 +1,91 @@
+"""Say what a checkpoint is from its tensor names and shapes — never from its file name.
+
+Three namings exist for the same weights: the official Wan code's ("official"), diffusers' ("diffusers") and,
+for the text encoder, transformers' ("hf"). ComfyUI files use the official/HF names, sometimes with a
+`model.diffusion_model.` prefix and sometimes in scaled fp8 (`scale_weight` next to each fp8 weight).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from ..catalog import Arch
+from .headers import ST_DTYPES, TensorInfo
+
+COMFY_PREFIX = "model.diffusion_model."
+_BLOCK = re.compile(r"^(?:blocks|encoder\.block|block)\.(\d+)\.")
+
+
+@dataclass
+class Identity:
+    kind: str                    # dit | text_encoder | vae | unknown
+    naming: str = ""             # official | diffusers | hf
+    prefixed: bool = False       # keys carry model.diffusion_model.
+    dtype: str = ""              # fp32 | bf16 | fp16 | fp8 | fp8_scaled
+    arch: Arch | None = None     # DiT shape (head_dim still the catalog default)
+    text_dim: int | None = None  # DiT: width of the text embeddings it expects
+    freq_dim: int | None = None
+    has_img_emb: bool = False    # I2V with CLIP
+    d_model: int | None = None   # text encoder width
+    vocab_size: int | None = None
+    has_spiece: bool = False     # umT5 file with the tokenizer inside (ComfyUI)
+    z_dim: int | None = None     # VAE latent channels: 16 (Wan2.1) or 48 (Wan2.2)
+    extra: dict = field(default_factory=dict)
+
+
+def strip_prefix(infos: dict[str, TensorInfo]) -> tuple[dict[str, TensorInfo], bool]:
+    if any(k.startswith(COMFY_PREFIX) for k in infos):
+        return {k[len(COMFY_PREFIX):] if k.startswith(COMFY_PREFIX) else k: v for k, v in infos.items()}, True
+    return infos, False
+
+
+def weight_dtype(infos: dict[str, TensorInfo]) -> str:
+    """The dtype most of the bytes are stored in; fp8 with per-layer scales is its own kind."""
+    by: dict[str, int] = {}
+    for name, t in infos.items():
+        if t.dtype == "U8":      # spiece_model bytes, not weights
+            continue
+        by[t.dtype] = by.get(t.dtype, 0) + t.nbytes
+    if not by:
+        return "unknown"
+    # any fp8-stored weight makes it an fp8 file (ComfyUI keeps norms, biases and embeddings in fp16)
+    if any(t.dtype.startswith("F8") and t.nbytes for t in infos.values()):
+        return "fp8_scaled" if any(k.endswith(".scale_weight") for k in infos) else "fp8"
+    main = max(by, key=by.get)
+    return ST_DTYPES.get(main, main.lower())
+
+
+def identify(infos: dict[str, TensorInfo]) -> Identity:
+    keys, prefixed = strip_prefix(infos)
+    dtype = weight_dtype(keys)
+    if "head.modulation" in keys or "scale_shift_table" in keys and "proj_out.weight" in keys:
+        return _dit(keys, prefixed, dtype)
+    if ("shared.weight" in keys or "encoder.embed_tokens.weight" in keys) and "encoder.final_layer_norm.weight" in keys:
+        emb = keys.get("shared.weight") or keys["encoder.embed_tokens.weight"]
+        return Identity("text_encoder", "hf", prefixed, dtype, d_model=emb.shape[1], vocab_size=emb.shape[0],
+                        has_spiece="spiece_model" in keys)
+    if "token_embedding.weight" in keys and "blocks.0.attn.q.weight" in keys:
+        emb = keys["token_embedding.weight"]
+        return Identity("text_encoder", "official", prefixed, dtype, d_model=emb.shape[1], vocab_size=emb.shape[0],
+                        has_spiece="spiece_model" in keys)
+    if "decoder.middle.0.residual.0.gamma" in keys and "conv2.weight" in keys:
+        return Identity("vae", "official", prefixed, dtype, z_dim=keys["conv2.weight"].shape[0])
+    if "post_quant_conv.weight" in keys and "decoder.mid_block.resnets.0.norm1.gamma" in keys:
+        return Identity("vae", "diffusers", prefixed, dtype, z_dim=keys["post_quant_conv.weight"].shape[0])
+    return Identity("unknown", dtype=dtype)
+
+
+def _dit(keys: dict[str, TensorInfo], prefixed: bool, dtype: str) -> Identity:
+    official = "head.modulation" in keys
+    name = (lambda o, d: o if official else d)
+    dim = keys[name("head.modulation", "scale_shift_table")].shape[-1]
+    ffn = keys[name("blocks.0.ffn.0.weight", "blocks.0.ffn.net.0.proj.weight")].shape[0]
+    layers = 1 + max(int(m.group(1)) for k in keys if (m := _BLOCK.match(k)))
+    patch = keys[name("patch_embedding.weight", "patch_embedding.weight")].shape
+    out = keys[name("head.head.weight", "proj_out.weight")].shape[0] // (patch[2] * patch[3] * patch[4] if len(patch) == 5 else 4)
+    text = keys[name("text_embedding.0.weight", "condition_embedder.text_embedder.linear_1.weight")].shape
+    freq = keys[name("time_embedding.0.weight", "condition_embedder.time_embedder.linear_1.weight")].shape
+    img = any(k.startswith(name("img_emb.", "condition_embedder.image_embedder.")) for k in keys)
+    return Identity("dit", "official" if official else "diffusers", prefixed, dtype,
+                    arch=Arch(dim, ffn, layers, patch[1], out), text_dim=text[1], freq_dim=freq[1], has_img_emb=img,
+                    extra={"patch_size": tuple(patch[2:])})
