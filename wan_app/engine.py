@@ -23,7 +23,7 @@ import torch
 
 from . import __version__, events, outputs, planner, sampling
 from .catalog import ModelSpec
-from .checkpoints import ModelFiles, load_components, load_transformer, scan
+from .checkpoints import ModelFiles, build_text_encoder, load_components, load_transformer, scan
 from .errors import Cancelled, UserError
 from .hardware import Hardware, detect
 from .media import write_mp4
@@ -62,6 +62,8 @@ class Engine:
         self._components = None          # (key, Components)
         self._placement = None           # (key, Placement)
         self._embeds: OrderedDict = OrderedDict()
+        self._reload_text_encoder: Callable = lambda: None
+        self._keep_text_encoder = True
         self._lock = threading.Lock()
         # Called as hook(step_index, expert) before each step; tests inject faults (e.g. an OOM) here.
         self.step_hooks: list[Callable[[int, str], None]] = []
@@ -78,10 +80,7 @@ class Engine:
         files = self.inventory(refresh=refresh).resolve(spec.id)
         plan = planner.plan(self.hardware, spec, req.width, req.height, req.frames, self.overrides,
                             weights_on_disk=files.dit_dtype)
-        if req.frames > plan.max_frames:
-            raise UserError("frames", f"{req.frames} frames at {req.width}x{req.height} do not fit "
-                            f"this machine (at most {plan.max_frames})",
-                            "lower the frame count or the size, or use Extend for longer videos")
+        planner.require_runnable(plan)     # a model or frame count that cannot fit is refused here
         return Prepared(req, spec, files, plan)
 
     # ---- the whole run ----------------------------------------------------------------------
@@ -155,8 +154,9 @@ class Engine:
                                           and plan.weight_dtype != "fp8"))
         if self._components is None:
             yield events.Progress("load", message=f"loading {prep.spec.name}")
-            dtype = TORCH_DTYPES[plan.compute_dtype]
-            self._components = (comp_key, load_components(prep.files, dtype=dtype))
+            self._components = (comp_key, load_components(
+                prep.files, dtype=TORCH_DTYPES[plan.compute_dtype], experts=plan.experts_resident,
+                text_encoder_dtype=self._text_encoder_dtype(plan)))
         comps = self._components[1]
         notices: list[str] = []
         placement = apply_plan(plan, comps, notify=notices.append,
@@ -165,7 +165,15 @@ class Engine:
         for n in notices:
             yield events.Notice(n)
         self._placement = (place_key, placement)
+        self._reload_text_encoder = lambda: build_text_encoder(prep.files.text_encoder,
+                                                               self._text_encoder_dtype(plan))
+        self._keep_text_encoder = plan.text_encoder_kept
         return comps, placement
+
+    @staticmethod
+    def _text_encoder_dtype(plan: Plan) -> torch.dtype:
+        # fp8 umT5 files are dequantized by the loader; keeping umT5 itself in fp8 is not done yet.
+        return TORCH_DTYPES.get(plan.text_encoder_dtype, TORCH_DTYPES[plan.compute_dtype])
 
     def unload(self, keep_components: bool = False) -> None:
         if self._placement:
@@ -191,14 +199,19 @@ class Engine:
         hand-made unpadded embeddings give a different video). Cached per text."""
         out = []
         for text in (prompt, negative_prompt):
-            key = (id(comps.text_encoder), text)
+            key = (comps.sources.get("text_encoder"), text)
             if key not in self._embeds:
+                if comps.text_encoder is None:      # dropped after the last prompt to save RAM
+                    comps.text_encoder = self._reload_text_encoder()
                 self._embeds[key] = self._encode_text(comps, placement, text)
                 while len(self._embeds) > _EMBED_CACHE_SIZE:
                     self._embeds.popitem(last=False)
             self._embeds.move_to_end(key)
             out.append(self._embeds[key])
-        placement.text_encoder_done()
+        if self._keep_text_encoder:
+            placement.text_encoder_done()
+        else:
+            placement.drop_text_encoder()
         return out[0], out[1]
 
     def _encode_text(self, comps, placement, text: str) -> torch.Tensor:

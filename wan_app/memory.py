@@ -202,6 +202,13 @@ class Placement:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
 
+    def drop_text_encoder(self) -> None:
+        """The plan cannot keep umT5 in RAM between prompts: free it. The engine reloads it from its
+        memory-mapped file when a new prompt needs encoding (embeddings are cached per prompt)."""
+        self.text_encoder_done()
+        self._te_homes = None
+        self.components.text_encoder = None
+
     # ---- undo -------------------------------------------------------------------------------------
     def release(self) -> None:
         """Hooks off, all weights back on CPU, attention backend reset, VAE tiling off; fp8 storage stays

@@ -64,6 +64,26 @@ class ModelFiles:
     tokenizer: FoundFile                        # a tokenizer folder, or the umT5 file carrying spiece_model
     vae: FoundFile
 
+    @property
+    def dit_dtype(self) -> str:
+        """How the DiT is stored on disk (the planner keeps fp8 files in fp8)."""
+        return self.transformer.dtype
+
+    def key(self) -> tuple:
+        """Identity of what would be loaded: paths, sizes and mtimes, so a replaced file reloads."""
+        parts = [self.transformer, self.transformer_2, self.text_encoder, self.tokenizer, self.vae]
+        out = []
+        for f in parts:
+            if f is None:
+                continue
+            for p in (f.paths or [f.path]):
+                try:
+                    st = Path(p).stat()
+                    out.append((str(p), st.st_size, st.st_mtime_ns))
+                except OSError:
+                    out.append((str(p), -1, -1))
+        return tuple(out)
+
     def sources(self) -> dict[str, str]:
         s = {"transformer": str(self.transformer.path), "text_encoder": str(self.text_encoder.path),
              "tokenizer": str(self.tokenizer.path), "vae": str(self.vae.path)}

@@ -214,10 +214,16 @@ def load_tokenizer(found):
 
 
 # ---------------------------------------------------------------------------------------------- all
-def load_components(files, dtype: torch.dtype = torch.float32) -> Components:
+def load_components(files, dtype: torch.dtype = torch.float32, experts: str = "both",
+                    text_encoder_dtype: torch.dtype | None = None) -> Components:
+    """All parts of a model. `experts="one"` (A14B on a small-RAM machine) loads only the high-noise
+    expert; the memory module loads the low-noise one from its mmap at the switch. The VAE is always
+    float32, as in the official code (wan/modules/vae.py): its decode is where bf16 shows banding."""
     spec = files.spec
     transformer = load_transformer(files, "high" if spec.experts == 2 else "only", dtype)
-    transformer_2 = load_transformer(files, "low", dtype) if spec.experts == 2 else None
+    transformer_2 = (load_transformer(files, "low", dtype)
+                     if spec.experts == 2 and experts == "both" else None)
     return Components(spec=spec, transformer=transformer, transformer_2=transformer_2,
-                      vae=build_vae(files.vae, dtype), text_encoder=build_text_encoder(files.text_encoder, dtype),
+                      vae=build_vae(files.vae, torch.float32),
+                      text_encoder=build_text_encoder(files.text_encoder, text_encoder_dtype or dtype),
                       tokenizer=load_tokenizer(files.tokenizer), sources=files.sources())
