@@ -54,7 +54,7 @@ def test_missing_component_is_named_in_status(tiny_root, tmp_path, component, fo
     shutil.rmtree(root / folder)
     st = status_of(scan([root]), tiny.T21)
     assert not st.runnable
-    assert any(words in m and f"<models>/{folder}/" in m for m in st.missing)
+    assert any(words in m and f"{root}/{folder}/" in m for m in st.missing)
     with pytest.raises(UserError, match=words):
         scan([root]).resolve(tiny.T21)
 

@@ -98,6 +98,18 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_download(args) -> int:
+    from .checkpoints import download_missing
+    spec = catalog.get(args.model)
+    target = Path(models_dirs(args)[0])
+
+    def progress(name, i, total):
+        print(f"[{i + 1}/{total}] {name} -> {target}", file=sys.stderr)
+    written = download_missing(spec, target, progress)
+    print(f"{spec.name}: " + (f"downloaded {len(written)} file(s)" if written else "nothing missing"))
+    return 0
+
+
 def cmd_plan(args) -> int:
     from .hardware import Hardware, detect
     from .planner import explain, plan
@@ -201,6 +213,13 @@ def build_parser(extra_commands=None, top_level=None) -> argparse.ArgumentParser
     p.add_argument("--ids", action="store_true", help="print only the ids of runnable models, one per line")
     p.add_argument("--all", action="store_true", help="also list the tiny test models when absent")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("download", help="download a model's missing files from the Hugging Face Hub "
+                                        "(huggingface_hub, with progress) into the models folder")
+    p.add_argument("--model", required=True, help="model id: " + ", ".join(
+        m for m, s in catalog.MODELS.items() if not s.tiny))
+    add_common(p)
+    p.set_defaults(func=cmd_download)
 
     p = sub.add_parser("plan", help="print the memory plan and its reasons for this or a described machine")
     p.add_argument("--model", required=True, help="model id: " + ", ".join(catalog.MODELS))

@@ -169,21 +169,26 @@ def scan(dirs: list[Path]) -> "Inventory":
             for stem, parts in shards.items():
                 index = here / f"{stem}.safetensors.index.json"
                 files.append(identify_file(parts, index if index.exists() else parts[0]))
-    return Inventory(files)
+    return Inventory(files, Path(dirs[0]) if dirs else None)
 
 
 def _closeness(a: Path, b: Path) -> int:
     return len(os.path.commonpath([str(Path(a).resolve()), str(Path(b).resolve())]))
 
 
-def _where(spec: ModelSpec, subdir: str, fallback: str) -> str:
-    names = [d.filename.rsplit("/", 1)[-1] for d in spec.downloads if d.subdir == subdir]
+def _where(spec: ModelSpec, subdir: str, fallback: str, expert: str | None = None) -> str:
+    names = [d.filename.rsplit("/", 1)[-1] for d in spec.downloads if d.subdir == subdir
+             and (expert is None or f"{expert}_noise" in d.filename)]
     return f"{' or '.join(names) or fallback} into <models>/{subdir}/"
 
 
 class Inventory:
-    def __init__(self, files: list[FoundFile]):
+    def __init__(self, files: list[FoundFile], root: Path | None = None):
         self.files = files
+        self.root = root                  # the first models folder: where missing files should go
+
+    def _here(self, sentence: str) -> str:
+        return sentence.replace("<models>", str(self.root)) if self.root else sentence
 
     def of_kind(self, kind: str) -> list[FoundFile]:
         return [f for f in self.files if f.kind == kind]
@@ -216,7 +221,7 @@ class Inventory:
             else:
                 what = f"the {expert}-noise expert of {spec.name}" if expert else f"the {spec.name} diffusion model"
                 fix = ("run `python -m wan_app.tiny <models>` to write the tiny test models" if spec.tiny else
-                       f"put {_where(spec, 'diffusion_models', 'its file')} (or a diffusers folder: {spec.diffusers_repo})")
+                       f"put {_where(spec, 'diffusion_models', 'its file', expert)} (or a diffusers folder: {spec.diffusers_repo})")
                 missing.append(f"Missing {what}: {fix}.")
         anchor = next(iter(chosen.values())).path if chosen else None
         near = (lambda fs: sorted(fs, key=lambda f: -_closeness(f.path, anchor))) if anchor else (lambda fs: fs)
@@ -258,7 +263,7 @@ class Inventory:
             missing.append("Missing the umT5 tokenizer: put the google/umt5-xxl tokenizer folder (tokenizer.json, "
                            "tokenizer_config.json) under <models>/ (e.g. <models>/google/umt5-xxl/), or use ComfyUI's "
                            "umt5_xxl_*.safetensors, which carries it inside.")
-        return chosen, missing, broken
+        return chosen, [self._here(m) for m in missing], broken
 
     # -- public ---------------------------------------------------------------------------------
     def status(self) -> list[ModelStatus]:
