@@ -270,3 +270,23 @@ def test_missing_model_files_say_what_to_put_where(tmp_path):
     evs = run_events(engine, Request(model="wan2.1-t2v-1.3b", prompt="x"))
     f = only(evs, events.Failed)
     assert f and "diffusion_models" in (f[0].message + f[0].hint)
+
+
+def test_batched_cfg_gives_the_same_latents_with_half_the_block_copies(tiny_root, tmp_path):
+    """plan.cfg_batched runs cond+uncond as one batch of 2: the same result (within float rounding
+    of a batch-2 matmul), and each swapped block is loaded once per step instead of twice."""
+    from dataclasses import replace
+    results, copies = {}, {}
+    for batched in (False, True):
+        engine = Engine([tiny_root["diffusers-t2v"].path], tmp_path, hardware=CPU)
+        prep = engine.check_inputs(Request(model="tiny-wan2.1-t2v", prompt="a kite", frames=9, width=64,
+                                           height=64, steps=4, seed=2))
+        prep.plan = replace(prep.plan, blocks_swapped=2, cfg_batched=batched)
+        comps, placement = _drain(engine.load(prep))
+        cond, uncond = engine.encode_prompt(comps, placement, prep.request.prompt, prep.request.negative_prompt)
+        before = placement.block_transfers()
+        _, results[batched] = _drain(engine.denoise(prep, comps, placement, engine.prepare_latents(
+            prep.spec, prep.request), cond, uncond))
+        copies[batched] = placement.block_transfers() - before
+    assert (results[True] - results[False]).abs().max().item() <= 1e-5
+    assert copies == {False: 4 * 2 * 2, True: 4 * 2}     # steps × swapped blocks × forwards per step

@@ -82,9 +82,13 @@ def test_every_plan_fits_its_machine_or_says_why_not(vram, ram, spec, size):
 
 @pytest.mark.parametrize("spec", [M13, M14, A14, M5])
 @pytest.mark.parametrize("ram", RAMS)
-def test_more_vram_never_means_more_blocks_swapped(spec, ram):
+def test_more_vram_never_means_more_block_copies_per_step(spec, ram):
+    # Copies per step: each swapped block crosses once per forward, two forwards per step unless CFG
+    # is batched. (A bigger card may swap *more* blocks to afford a batch of 2, yet copy fewer.)
+    def copies(p):
+        return p.blocks_swapped * (1 if p.cfg_batched else 2)
     for w, h in SIZES[spec.id]:
-        swapped = [plan(Hardware.simulated(v, ram), spec, w, h, spec.frames).blocks_swapped for v in VRAMS]
+        swapped = [copies(plan(Hardware.simulated(v, ram), spec, w, h, spec.frames)) for v in VRAMS]
         assert swapped == sorted(swapped, reverse=True), swapped
         frames = [plan(Hardware.simulated(v, ram), spec, w, h, spec.frames).max_frames for v in VRAMS]
         assert frames == sorted(frames), frames
@@ -130,10 +134,13 @@ def test_14b_forced_bf16_on_16_gb_swaps_28_blocks():
     #   → (42 − K) · 0.703 ≤ 9.88 → 42 − K ≤ 14.06 → K = 28 (12 resident).
     # RAM: 28 · 0.703 = 19.7 GB pinned + 3.0 base + 11.4 umT5 kept = 34.1 GB ≤ 64·0.9 − 3.2 = 54.4 GB.
     p = plan(Hardware.simulated(16, 64), M14, 832, 480, 81, Overrides(weight_dtype="bf16"))
-    assert p.weight_dtype == "bf16" and p.blocks_swapped == 28
+    # CFG batch of 2: +3.62 GB activations = ceil(3.62 / 0.703) = 6 more blocks out → 34 swapped,
+    # 34 copies a step instead of 2 · 28 = 56, so the planner batches. RAM: 34 · 0.703 = 23.9 pinned.
+    assert p.weight_dtype == "bf16" and p.cfg_batched and p.blocks_swapped == 28 + 6
+    assert any("28 of 40 blocks swapped" in r for r in p.reasons)
     assert p.forced == ["weight_dtype"]
     assert any("forced by you" in r for r in p.reasons)
-    assert p.est_ram_gb == pytest.approx(34.1, abs=0.5)
+    assert p.est_ram_gb == pytest.approx(34.1 + 6 * 0.703, abs=0.5)
     assert p.est_vram_gb <= 16 - 1.28
 
 
@@ -142,7 +149,8 @@ def test_14b_on_16_gb_chooses_fp8_and_says_why():
     # 0.75 + 0.23 + (42 − K)·0.352 + 0.28 (upcast of two 5120×13824 linears in bf16) + 3.62 ≤ 14.72
     #   → 42 − K ≤ 27.7 → K = 15.
     p = plan(Hardware.simulated(16, 64), M14, 832, 480, 81)
-    assert p.weight_dtype == "fp8" and p.blocks_swapped == 15
+    # CFG batch of 2: ceil(3.62 / 0.352) = 11 more blocks out → 26 copies a step instead of 30.
+    assert p.weight_dtype == "fp8" and p.cfg_batched and p.blocks_swapped == 15 + 11
     assert any("in bf16 is 28.6 GB" in r and "fp8 (14.3 GB), 15 of 40 blocks swapped" in r for r in p.reasons)
 
 
@@ -337,3 +345,26 @@ def test_tiny_test_models_fit_a_small_cpu_machine():
     for mid in ("tiny-wan2.1-t2v", "tiny-wan2.2-t2v-a14b", "tiny-wan2.2-ti2v-5b"):
         p = plan(Hardware.simulated(None, 8), MODELS[mid], 64, 64, 9)
         assert p.blocker is None and p.est_ram_gb < 4, (mid, p.est_ram_gb)
+
+
+# ---- CFG as one batch of 2 -------------------------------------------------------------------
+def test_cfg_is_batched_when_it_saves_block_copies_and_fits():
+    """14B at 832x480 on 16 GB / 64 GB: sequential CFG swaps k=15 blocks → 30 copies a step.
+    Batched, the doubled activations (+3.6 GB ≈ 11 blocks of 352 MB) push 26 out → 26 copies < 30."""
+    from wan_app.planner import plan as make_plan
+    hw = Hardware.simulated(vram_gb=16, ram_gb=64)
+    p = make_plan(hw, MODELS["wan2.1-t2v-14b"], 832, 480, 81)
+    assert p.cfg_batched
+    assert 15 < p.blocks_swapped < 30
+    assert p.est_vram_gb <= 16
+    assert any("batch of 2" in r for r in p.reasons)
+
+
+def test_cfg_stays_sequential_when_batching_would_cost_more_copies_or_nothing_is_swapped():
+    from wan_app.planner import plan as make_plan
+    # 720p on 24 GB: 7 swapped → 14 copies sequential; batching needs 31 swapped (> 14): not worth it
+    p = make_plan(Hardware.simulated(vram_gb=24, ram_gb=64), MODELS["wan2.1-t2v-14b"], 1280, 720, 81)
+    assert p.blocks_swapped > 0 and not p.cfg_batched
+    # nothing swapped (1.3B on 24 GB) or no GPU: nothing to save
+    assert not make_plan(Hardware.simulated(vram_gb=24, ram_gb=64), MODELS["wan2.1-t2v-1.3b"], 832, 480, 81).cfg_batched
+    assert not make_plan(Hardware.simulated(vram_gb=None, ram_gb=64), MODELS["tiny-wan2.1-t2v"], 64, 64, 9).cfg_batched

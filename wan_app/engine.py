@@ -248,6 +248,8 @@ class Engine:
         schedule, solver = sampling.make_solver(req.solver, req.steps, req.shift, device=device)
         x = latents.to(device)
         cond, uncond = cond.to(device, dtype), uncond.to(device, dtype)
+        # plan.cfg_batched: cond and uncond as one batch of 2, so swapped blocks cross the bus once a step
+        both = torch.cat([cond, uncond]) if plan.cfg_batched else None
         expert = None
         t0 = time.perf_counter()
         n = schedule.steps
@@ -267,11 +269,7 @@ class Engine:
                 x = inject(i, sigma, x)
             model = placement.transformer(want)
             scale = req.guidance_2 if want == "low" else req.guidance
-            x_in = x.to(dtype)
-            tt = t.to(device).expand(x.shape[0])
-            v_cond = model(hidden_states=x_in, timestep=tt, encoder_hidden_states=cond, return_dict=False)[0]
-            v_uncond = model(hidden_states=x_in, timestep=tt, encoder_hidden_states=uncond, return_dict=False)[0]
-            v = sampling.cfg(v_cond, v_uncond, scale)
+            v = sampling.cfg(*self._velocities(model, x.to(dtype), t.to(device), cond, uncond, both), scale)
             if preview_every and (i % preview_every == 0 or i == n - 1):
                 x0 = sampling.predicted_clean(x, v, sigma)
                 yield events.Preview(i + 1, n, latent_to_rgb(x0, spec.vae), expert=self._expert_label(want),
@@ -283,6 +281,17 @@ class Engine:
         if inject is not None:
             x = inject(n, 0.0, x)
         return schedule, x.float()
+
+    @staticmethod
+    def _velocities(model, x, t, cond, uncond, both=None):
+        """(v_cond, v_uncond): two forwards, or one batch-2 forward when `both` = cat([cond, uncond])."""
+        if both is not None:
+            v = model(hidden_states=torch.cat([x, x]), timestep=t.expand(2), encoder_hidden_states=both,
+                      return_dict=False)[0]
+            return v[:1], v[1:]
+        tt = t.expand(x.shape[0])
+        return (model(hidden_states=x, timestep=tt, encoder_hidden_states=cond, return_dict=False)[0],
+                model(hidden_states=x, timestep=tt, encoder_hidden_states=uncond, return_dict=False)[0])
 
     @staticmethod
     def _expert_label(which: str) -> str | None:

@@ -202,6 +202,10 @@ class Placement:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
 
+    def block_transfers(self) -> int:
+        """Swapped-block loads issued so far, over all experts (tests and benchmarks)."""
+        return sum(t.swapper.transfers for t in self._prepared.values() if t is not None and t.swapper)
+
     def drop_text_encoder(self) -> None:
         """The plan cannot keep umT5 in RAM between prompts: free it. The engine reloads it from its
         memory-mapped file when a new prompt needs encoding (embeddings are cached per prompt)."""

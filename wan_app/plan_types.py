@@ -38,6 +38,7 @@ class Plan:
     vae_tiling: bool
     max_frames: int                   # largest 4n+1 that fits at the requested size
     experts_resident: str = "both"    # A14B: "both" in RAM, or "one" streamed from disk at the switch
+    cfg_batched: bool = False         # cond + uncond in one batch-2 forward: one trip per swapped block per step
     est_vram_gb: float = 0.0          # estimated peak VRAM
     est_ram_gb: float = 0.0           # estimated peak RAM
     reasons: list[str] = field(default_factory=list)

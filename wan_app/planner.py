@@ -559,7 +559,37 @@ def plan(hw: Hardware, spec: ModelSpec, width: int, height: int, frames: int,
         experts_resident=c.experts, est_vram_gb=_up(e.peak_dev) if m.kind != "cpu" else 0.0,
         est_ram_gb=_up(e.peak_host), forced=list(forced), text_encoder_kept=c.te_kept, blocker=blocker)
     p.reasons = _reasons(hw, m, spec, width, height, frames, c, e, max_frames, forced, disk, blocker)
+    if sol.feasible:
+        _decide_cfg_batch(p, m, spec, c, e, width, height, frames, disk, forced)
     return p
+
+
+def _decide_cfg_batch(p: Plan, m: _Machine, spec: ModelSpec, c: _Choice, e: _Est, w: int, h: int,
+                      frames: int, disk: str | None, forced: list[str]) -> None:
+    """CFG needs a cond and an uncond forward per step. One after another, every swapped block crosses
+    the bus twice per step (2k copies). As one batch of 2 it crosses once, but the doubled activations
+    push j = ceil(act / block) more blocks out: k + j copies. Batch when k + j < 2k and it fits.
+    With no swapping there is nothing to save (compute is the same either way)."""
+    k = c.blocks_swapped
+    if m.kind != "cuda" or k == 0:
+        return
+    a = spec.arch
+    j = 0 if "blocks_swapped" in forced else math.ceil(e.act / block_gb(a, c.weight_dtype))
+    cb = replace(c, blocks_swapped=min(a.num_layers, k + j))
+    eb = _estimate(m, spec, w, h, frames, cb, disk)
+    sample_b = _sample_dev(m, spec, cb, 2 * eb.act)
+    fits = sample_b <= m.vram_budget and eb.peak_host <= m.ram_budget
+    if fits and cb.blocks_swapped < 2 * k:
+        p.cfg_batched = True
+        p.blocks_swapped = cb.blocks_swapped
+        p.est_vram_gb = _up(max(eb.peak_dev, sample_b))
+        p.est_ram_gb = _up(eb.peak_host)
+        p.reasons.insert(-1, f"CFG as one batch of 2: {cb.blocks_swapped} block copies per step instead of "
+                             f"{2 * k} (cond and uncond one after another); the doubled activations "
+                             f"(+{_gb(eb.act)}) move {cb.blocks_swapped - k} more blocks to RAM")
+    else:
+        p.reasons.insert(-1, f"CFG passes one after another ({2 * k} block copies per step): batching them "
+                             f"would need {_gb(sample_b)} while sampling with {cb.blocks_swapped} blocks swapped")
 
 
 def _up(x: float) -> float:
