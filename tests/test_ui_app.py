@@ -1,0 +1,226 @@
+"""The web app driven through its API with gradio_client, against a real server subprocess running the tiny
+models on CPU: streaming previews, the A14B expert badge, Stop, the one-job-at-a-time queue."""
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.ui_app_runner import start_app
+
+gradio_client = pytest.importorskip("gradio_client")
+from gradio_client import Client  # noqa: E402
+from gradio_client.utils import Status  # noqa: E402
+
+T21, A14 = "tiny-wan2.1-t2v", "tiny-wan2.2-t2v-a14b"
+STEP_DELAY = 0.15     # seconds per step, so a run lasts long enough to watch and stop
+
+
+@pytest.fixture(scope="module")
+def app(tiny_root, tmp_path_factory):
+    work = tmp_path_factory.mktemp("ui_app")
+    dirs = [tiny_root["diffusers-t2v"].path, tiny_root["diffusers-a14b"].path]
+    running = start_app(dirs, work / "outputs", work, step_delay=STEP_DELAY)
+    yield running
+    running.stop()
+
+
+def args(model=T21, prompt="a red fox in the snow", steps=4, frames=9, shift=5.0, seed=7, size="64x64"):
+    cfg, cfg2, boundary = (4.0, 3.0, 0.875) if model == A14 else (5.0, 3.0, 0.875)
+    return (model, prompt, "", size, frames, steps, shift, cfg, cfg2, boundary, "unipc", "fixed", seed)
+
+
+def is_update(v) -> bool:
+    """gr.skip() arrives as an update dict: the component kept its value."""
+    return isinstance(v, dict) and v.get("__type__") == "update"
+
+
+def states(outputs) -> list[tuple]:
+    """What the page shows after each streamed message: a skipped component keeps its last value, as in
+    the browser (the client hands each message over raw)."""
+    out, cur = [], None
+    for o in outputs:
+        cur = list(o) if cur is None else [c if is_update(v) else v for c, v in zip(cur, o)]
+        out.append(tuple(cur))
+    return out
+
+
+def attr(html: str, name: str) -> str | None:
+    m = re.search(rf'data-{name}="([^"]*)"', html or "")
+    return m.group(1) if m else None
+
+
+def previews(outputs) -> list[tuple[int, str, str]]:
+    """(step, expert, preview file) for every streamed update that carried a new preview image."""
+    seen, out = set(), []
+    for status, badge, preview, *_ in states(outputs):
+        if not preview or preview in seen:
+            continue
+        seen.add(preview)
+        out.append((int(attr(status, "step")), attr(badge, "expert"), preview))
+    return out
+
+
+def wait_for_step(job, at_least: int = 1, timeout: float = 60.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for status, *_ in states(job.outputs()):
+            if attr(status, "phase") == "sample" and int(attr(status, "step")) >= at_least:
+                return
+        if job.done():
+            raise AssertionError(f"the run ended before step {at_least}: {job.outputs()[-1:]}")
+        time.sleep(0.05)
+    raise AssertionError(f"no step {at_least} within {timeout}s")
+
+
+def test_generation_streams_a_preview_every_step_and_ends_with_a_playable_mp4(app):
+    from wan_app.media import probe
+    c = Client(app.url, verbose=False)
+    job = c.submit(*args(steps=4, seed=1234), api_name="/generate")
+    job.result(timeout=180)
+    outs = job.outputs()
+    status, badge, preview, video, seed_used, info, gallery = states(outs)[-1]
+    assert attr(status, "phase") == "done", status
+    got = previews(outs)
+    assert [s for s, _, _ in got] == [1, 2, 3, 4], got
+    assert all(Path(p).stat().st_size > 0 for _, _, p in got)
+    video_path = video["video"] if isinstance(video, dict) else video
+    info_ = probe(video_path)
+    assert (info_.frames, info_.width, info_.height) == (9, 64, 64)
+    assert seed_used == "1234"
+    assert json.loads(info)["request"]["prompt"] == "a red fox in the snow"
+    assert attr(badge, "expert") == ""      # one-expert models show no expert badge
+    assert len(gallery) >= 1                # the new video is in the gallery of past outputs
+
+
+def test_a14b_badge_flips_to_the_low_noise_expert_at_the_official_step(app):
+    # 10 steps at shift 12, boundary 0.875: timesteps >= 875 are the high-noise expert's, i.e. steps 0-6.
+    c = Client(app.url, verbose=False)
+    job = c.submit(*args(model=A14, steps=10, shift=12.0, seed=3), api_name="/generate")
+    job.result(timeout=180)
+    final = states(job.outputs())[-1]
+    assert attr(final[0], "phase") == "done", final[0]
+    got = previews(job.outputs())
+    assert [s for s, _, _ in got] == list(range(1, 11))
+    assert [e for _, e, _ in got] == ["high"] * 7 + ["low"] * 3
+    badges = [b for _, b, *_ in states(job.outputs()) if attr(b, "expert") == "low"]
+    assert badges and attr(badges[0], "switch-step") == "7"
+    assert "switched at step 8" in badges[-1]
+
+
+def test_stop_ends_a_run_between_steps_and_the_page_stays_usable(app):
+    c = Client(app.url, verbose=False)
+    job = c.submit(*args(steps=60, seed=5), api_name="/generate")
+    wait_for_step(job, 2)
+    c.predict(api_name="/stop")
+    t0 = time.time()
+    job.result(timeout=60)
+    final = states(job.outputs())[-1]
+    assert time.time() - t0 < 10
+    assert attr(final[0], "phase") == "stopped", final[0]
+    steps = [int(attr(s, "step")) for s, *_ in job.outputs() if not is_update(s) and attr(s, "step")]
+    assert max(steps) < 60
+    assert not final[3]                             # no video from a stopped run
+    # the app takes the next job at once
+    again = c.submit(*args(steps=2, seed=6), api_name="/generate")
+    again.result(timeout=120)
+    assert attr(states(again.outputs())[-1][0], "phase") == "done"
+
+
+def test_a_second_request_waits_in_the_queue_while_one_runs(app):
+    first_client, second_client = Client(app.url, verbose=False), Client(app.url, verbose=False)
+    first = first_client.submit(*args(steps=30, seed=8), api_name="/generate")
+    wait_for_step(first, 1)
+    second = second_client.submit(*args(steps=2, seed=9), api_name="/generate")
+    saw_queue = False
+    deadline = time.time() + 60
+    while not first.done() and time.time() < deadline:
+        st = second.status()
+        if st.code == Status.IN_QUEUE:
+            saw_queue = True
+            assert st.rank is not None and st.rank >= 0
+        # the clients' views lag the server a little: judge only while the first is far from its end
+        first_now = states(first.outputs())[-1][0] if first.outputs() else ""
+        if attr(first_now, "phase") == "sample" and int(attr(first_now, "step")) < 25:
+            assert attr_phase_of_last(second) is None, \
+                f"the second job started while the first was at {first_now}"
+        time.sleep(0.05)
+    assert saw_queue, "the second job never reported a queue position"
+    for job in (first, second):
+        job.result(timeout=60)
+        assert attr(states(job.outputs())[-1][0], "phase") == "done"
+
+
+def attr_phase_of_last(job):
+    outs = states(job.outputs())
+    return attr(outs[-1][0], "phase") if outs else None
+
+
+def test_load_settings_restores_every_control_from_a_video(app):
+    c = Client(app.url, verbose=False)
+    job = c.submit(*args(model=A14, steps=3, shift=9.5, seed=4242, prompt="a heron lands"), api_name="/generate")
+    job.result(timeout=120)
+    final = states(job.outputs())[-1]
+    video = final[3]["video"] if isinstance(final[3], dict) else final[3]
+    # the client downloaded a copy; the original is the newest file in the server's outputs folder
+    newest = max(app.outputs_dir.glob("*/*.mp4"), key=lambda p: p.stat().st_mtime)
+    assert Path(video).name == newest.name
+    restored = [v.get("value") if is_update(v) else v for v in c.predict(str(newest), api_name="/load_settings")]
+    model, prompt, negative, size, frames, steps, shift, cfg, cfg2, boundary, solver, seed_mode, seed, msg = restored
+    assert (model, prompt, size, frames, steps, shift) == (A14, "a heron lands", "64x64", 9, 3, 9.5)
+    assert (cfg, cfg2, boundary, solver, seed_mode, seed) == (4.0, 3.0, 0.875, "unipc", "fixed", 4242)
+    # a path outside the outputs folder is refused
+    refused = c.predict("/etc/passwd", api_name="/load_settings")
+    assert "Choose one of your outputs" in refused[-1]
+
+
+def test_extend_tab_makes_a_video_longer_than_one_window(app):
+    from wan_app.media import probe
+    c = Client(app.url, verbose=False)
+    # model, prompt, negative, size, total, window, overlap, color, upload, from_output, seed_mode, seed
+    job = c.submit(T21, "a fox runs\na fox jumps", "", "64x64", 17, 0, 0, 1.0, None, None, "fixed", 11,
+                   api_name="/extend")
+    job.result(timeout=300)
+    outs = states(job.outputs())
+    status, badge, preview, video = outs[-1]
+    assert attr(status, "phase") == "done", status
+    assert any("window 2/" in s for s, *_ in outs), "the progress never named the second window"
+    path = video["video"] if isinstance(video, dict) else video
+    assert probe(path).frames == 17
+
+
+def test_first_run_without_weights_says_what_is_missing_and_installs_the_tiny_demo(tmp_path):
+    empty = tmp_path / "models"
+    empty.mkdir()
+    fresh = start_app([empty], tmp_path / "outputs", tmp_path)
+    try:
+        c = Client(fresh.url, verbose=False)
+        model, missing, *_ = c.predict(api_name="/rescan")
+        assert model["choices"] == []
+        text = missing["value"] if is_update(missing) else missing
+        assert "Wan2.1 T2V 1.3B" in text and "diffusion_models" in text and "vae" in text
+        status, model, *_ = c.predict(api_name="/install_tiny")
+        assert "Tiny demo models written" in status
+        ids = {v for _, v in model["choices"]}
+        assert {T21, A14} <= ids
+        assert any(p.suffix == ".safetensors" for p in (empty / "tiny-demo").rglob("*"))
+    finally:
+        fresh.stop()
+
+
+def test_a_broken_settings_file_gives_defaults_and_a_visible_notice(tiny_root, tmp_path):
+    import urllib.request
+    broken = tmp_path / "settings.json"
+    broken.write_text("{ this is not json")
+    app2 = start_app([tiny_root["diffusers-t2v"].path], tmp_path / "outputs", tmp_path, settings=broken)
+    try:
+        config = json.loads(urllib.request.urlopen(app2.url + "config", timeout=10).read())
+        notice = next(c for c in config["components"] if c.get("props", {}).get("elem_id") == "wan-settings-notice")
+        assert notice["props"]["visible"] is True
+        assert "not valid JSON" in notice["props"]["value"]
+        assert list(tmp_path.glob("settings.broken-*.json")), "the broken file must be kept aside"
+    finally:
+        app2.stop()
