@@ -69,7 +69,7 @@ def test_prompt_to_video_with_a_live_preview_in_a_real_browser(app, browser):
     page = browser.new_page(viewport={"width": 1400, "height": 1300})
     page.goto(app.url)
     page.wait_for_selector("#wan-prompt textarea", timeout=60_000)
-    choose(page, "Model", "Tiny Wan2.2 T2V A14B (random weights, for testing)")
+    choose(page, "Model", "Tiny Wan2.2 T2V A14B (random test weights)")
     page.wait_for_function("document.querySelector('#wan-badge') !== null")
     page.locator("#wan-prompt textarea").fill("A red fox runs through fresh snow at dawn, cinematic")
     page.locator("#wan-generate").click()

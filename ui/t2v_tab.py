@@ -66,7 +66,7 @@ class T2VTab:
                 with gr.Row():
                     self.model = gr.Dropdown(choices, value=default, label="Model", scale=4,
                                              info=None if ids else "no model is ready: see above")
-                    self.rescan_btn = gr.Button("Rescan", scale=1, size="sm")
+                    self.rescan_btn = gr.Button("Rescan", scale=0, size="sm", min_width=90)
                 with gr.Accordion("Other models and what they still need", open=False,
                                   visible=bool(ids)) as self.missing_acc:
                     self.missing_more = gr.Markdown(common.missing_markdown(statuses, ctx.engine.models_dirs))

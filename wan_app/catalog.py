@@ -137,16 +137,16 @@ MODELS: dict[str, ModelSpec] = {s.id: s for s in [
                             "diffusion_models", 10.0), _UMT5, _VAE22)),
     # Tiny random models (python -m wan_app.tiny DIR): same code paths, seconds on a CPU.
     ModelSpec(
-        id="tiny-wan2.1-t2v", name="Tiny Wan2.1 T2V (random weights, for testing)", arch=_ARCH_TINY,
+        id="tiny-wan2.1-t2v", name="Tiny Wan2.1 T2V (random test weights)", arch=_ARCH_TINY,
         vae="wan2.1", experts=1, params=0.0, steps=4, shift=5.0, guidance=5.0, guidance_2=None,
         boundary=None, fps=16, frames=9, sizes=((64, 64), (96, 64), (64, 96)), size_multiple=16, tiny=True),
     ModelSpec(
-        id="tiny-wan2.2-t2v-a14b", name="Tiny Wan2.2 T2V A14B (random weights, for testing)",
+        id="tiny-wan2.2-t2v-a14b", name="Tiny Wan2.2 T2V A14B (random test weights)",
         arch=_ARCH_TINY, vae="wan2.1", experts=2, params=0.0, steps=10, shift=12.0, guidance=4.0,
         guidance_2=3.0, boundary=0.875, fps=16, frames=9, sizes=((64, 64), (96, 64), (64, 96)),
         size_multiple=16, tiny=True),
     ModelSpec(
-        id="tiny-wan2.2-ti2v-5b", name="Tiny Wan2.2 TI2V 5B (random weights, for testing)",
+        id="tiny-wan2.2-ti2v-5b", name="Tiny Wan2.2 TI2V 5B (random test weights)",
         arch=_ARCH_TINY_48, vae="wan2.2", experts=1, params=0.0, steps=4, shift=5.0, guidance=5.0,
         guidance_2=None, boundary=None, fps=24, frames=9, sizes=((64, 64), (96, 64), (64, 96)),
         size_multiple=32, tiny=True),
