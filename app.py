@@ -32,4 +32,5 @@ def launch_ui(args) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(default=launch_ui, top_level=add_ui_options))
+    from wan_app.cli_extend import add_extend_command
+    sys.exit(main(extra_commands=[add_extend_command], default=launch_ui, top_level=add_ui_options))
