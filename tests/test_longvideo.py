@@ -384,3 +384,33 @@ def test_crash_between_append_and_journal_update_resumes_without_a_gap(tiny_root
     assert isinstance(last_of(evs), events.Finished)
     assert [w.window for w in only(evs, events.WindowDone)] == [2, 3]
     assert np.array_equal(read_video(out), read_video(tmp_path / "whole.mp4"))
+
+
+def test_out_of_memory_in_a_window_replans_and_gives_the_same_video(tiny_root, tmp_path):
+    """An OOM in window 2 frees memory, re-plans, and redoes that window from the same overlap and seed:
+    the finished video equals an uninterrupted run's, frame for frame."""
+    import torch
+    from wan_app.media import read_video
+
+    clean = tmp_path / "clean.mp4"
+    assert isinstance(last_of(drain(run_long(engine_for(tiny_root, T2V, tmp_path), LongRequest(
+        request(tiny_root, T2V), total_frames=17, window=9), out_path=clean))), events.Finished)
+
+    engine = engine_for(tiny_root, T2V, tmp_path)
+    state = {"windows": 0, "fired": False}
+
+    def oom_in_window_2(i, expert):
+        if state["windows"] == 2 and i == 1 and not state["fired"]:
+            state["fired"] = True
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+    engine.step_hooks.append(oom_in_window_2)
+    out = tmp_path / "oom.mp4"
+    evs = []
+    for ev in run_long(engine, LongRequest(request(tiny_root, T2V), total_frames=17, window=9), out_path=out):
+        evs.append(ev)
+        if isinstance(ev, events.WindowDone):
+            state["windows"] += 1
+    assert isinstance(last_of(evs), events.Finished), last_of(evs)
+    assert state["fired"] and any("out of gpu memory" in n.message.lower() for n in only(evs, events.Notice))
+    assert len(only(evs, events.PlanReady)) == 2
+    assert np.array_equal(read_video(out), read_video(clean))

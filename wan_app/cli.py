@@ -45,9 +45,10 @@ def overrides_from(args) -> Overrides:
         experts_resident=args.experts_resident)
 
 
-def add_request_args(p: argparse.ArgumentParser, frames_help: str) -> None:
-    p.add_argument("--model", required=True, help="model id: " + ", ".join(catalog.MODELS))
-    p.add_argument("--prompt", required=True, help="what the video shows")
+def add_request_args(p: argparse.ArgumentParser, frames_help: str, required: bool = True,
+                     prompt_help: str = "what the video shows") -> None:
+    p.add_argument("--model", required=required, help="model id: " + ", ".join(catalog.MODELS))
+    p.add_argument("--prompt", required=required, help=prompt_help)
     p.add_argument("--negative-prompt", default=None, help="what to avoid (default: the official one)")
     p.add_argument("--size", default=None, metavar="WxH", help="e.g. 832x480 (default: the model's)")
     p.add_argument("--frames", type=int, default=None, help=frames_help)
@@ -125,7 +126,8 @@ def cmd_plan(args) -> int:
     return 0
 
 
-def _install_sigint(cancel: threading.Event) -> None:
+def install_sigint(cancel: threading.Event) -> None:
+    """Ctrl+C stops after the current step (a second Ctrl+C aborts at once)."""
     def handler(signum, frame):
         if cancel.is_set():
             raise KeyboardInterrupt
@@ -191,7 +193,7 @@ def make_engine(args):
 def cmd_generate(args) -> int:
     engine = make_engine(args)
     cancel = threading.Event()
-    _install_sigint(cancel)
+    install_sigint(cancel)
     req = request_from(args)
     if args.frames and args.frames > catalog.get(args.model).frames and not args.no_windows:
         from .longvideo import LongRequest, run_long

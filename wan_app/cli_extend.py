@@ -6,7 +6,7 @@ import sys
 import threading
 from pathlib import Path
 
-from .cli import (_install_sigint, add_common, add_overrides, add_request_args, consume, make_engine,
+from .cli import (install_sigint, add_common, add_overrides, add_request_args, consume, make_engine,
                   request_from)
 from .errors import UserError
 
@@ -22,13 +22,9 @@ def add_extend_command(subparsers) -> argparse.ArgumentParser:
                    help="continue this unfinished long video (its .journal.json lies beside it); "
                         "the settings come from the journal")
     p.add_argument("--list", action="store_true", help="list the unfinished long videos and exit")
-    add_request_args(p, "frames to add to the video")
     # --model and --prompt come from the journal with --resume; they are checked in cmd_extend instead.
-    for action in p._actions:
-        if action.dest in ("model", "prompt"):
-            action.required = False
-        if action.dest == "prompt":
-            action.help = "what the video shows; one line per window, the last line repeats"
+    add_request_args(p, "frames to add to the video", required=False,
+                     prompt_help="what the video shows; one line per window, the last line repeats")
     add_common(p)
     p.add_argument("--window", type=int, default=None,
                    help="frames per window, 4n+1 (default: the model's training length, if it fits)")
@@ -55,7 +51,7 @@ def cmd_extend(args) -> int:
     cancel = threading.Event()
     if args.resume is not None:
         engine = make_engine(args)
-        _install_sigint(cancel)
+        install_sigint(cancel)
         return consume(resume_long(engine, args.resume, cancel=cancel), args.quiet)
     missing = [flag for flag, v in (("--video", args.video), ("--model", args.model),
                                     ("--prompt", args.prompt), ("--frames", args.frames)) if v is None]
@@ -64,7 +60,7 @@ def cmd_extend(args) -> int:
                         "e.g. extend --video in.mp4 --model wan2.1-t2v-1.3b --prompt '…' --frames 80, "
                         "or extend --resume OUT.mp4")
     engine = make_engine(args)
-    _install_sigint(cancel)
+    install_sigint(cancel)
     lreq = LongRequest(base=request_from(args), total_frames=args.frames, window=args.window,
                        overlap=args.overlap, color_match=args.color_match, input_video=args.video)
     return consume(run_long(engine, lreq, cancel=cancel, out_path=Path(args.out) if args.out else None),

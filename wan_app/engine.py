@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,7 +39,7 @@ TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.flo
 _EMBED_CACHE_SIZE = 32
 
 
-def _is_oom(exc: BaseException) -> bool:
+def is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
@@ -88,7 +89,7 @@ class Engine:
             out_path: Path | None = None) -> Iterator[events.Event]:
         """Generate one video. Never raises for expected failures: they arrive as Failed events."""
         t_start = time.perf_counter()
-        with self._lock:
+        with self.busy():
             try:
                 prep = self.check_inputs(request)
                 path = Path(out_path) if out_path else outputs.new_output_path(
@@ -100,16 +101,10 @@ class Engine:
                         frames, meta = yield from self.generate_frames(prep, cancel)
                         break
                     except Exception as exc:  # noqa: BLE001 - only OOM is retried, the rest re-raised
-                        if not _is_oom(exc) or attempt == 1:
+                        if not is_oom(exc) or attempt == 1:
                             raise
-                        new_plan = self._recover_from_oom(prep)
-                        if new_plan is None:
+                        if not (yield from self.replan_after_oom(prep)):
                             raise
-                        yield events.Notice(
-                            "Ran out of GPU memory; retrying once with a safer plan: "
-                            + "; ".join(r for r in new_plan.reasons if r not in prep.plan.reasons))
-                        prep.plan = new_plan
-                        yield events.PlanReady(new_plan, list(new_plan.reasons))
                 yield events.Progress("write", message="writing mp4")
                 meta["seconds"] = round(time.perf_counter() - t_start, 2)
                 write_mp4(frames, path, prep.request.fps, meta)
@@ -120,7 +115,7 @@ class Engine:
                 yield events.Cancelled()
             except Exception as e:  # noqa: BLE001 - the UI must get a message, not a dead stream
                 log.exception("run failed")
-                if _is_oom(e):
+                if is_oom(e):
                     yield events.Failed("Out of GPU memory, even after re-planning.",
                                         "lower the size or frame count, or force more block swap in Settings")
                 else:
@@ -185,13 +180,28 @@ class Engine:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
-    def _recover_from_oom(self, prep: Prepared) -> Plan | None:
+    @contextmanager
+    def busy(self):
+        """One job at a time on this engine (the GPU); long-video jobs hold it for all their windows."""
+        with self._lock:
+            yield
+
+    def replan_after_oom(self, prep: Prepared):
+        """After a CUDA OOM: free everything, ask the planner for a safer plan (more swap, tiling, text
+        encoder to CPU) and put it in `prep`, telling the user what changed. A generator of events that
+        returns False when nothing is left to give; the caller retries once."""
         req = prep.request
         new_plan = planner.replan_after_oom(prep.plan, self.hardware, prep.spec, req.width, req.height,
                                             req.frames)
         self.unload(keep_components=new_plan is not None and new_plan.weight_dtype == prep.plan.weight_dtype
                     and new_plan.weight_dtype != "fp8")
-        return new_plan
+        if new_plan is None:
+            return False
+        yield events.Notice("Ran out of GPU memory; retrying once with a safer plan: "
+                            + "; ".join(r for r in new_plan.reasons if r not in prep.plan.reasons))
+        prep.plan = new_plan
+        yield events.PlanReady(new_plan, list(new_plan.reasons))
+        return True
 
     @torch.no_grad()
     def encode_prompt(self, comps, placement, prompt: str, negative_prompt: str):

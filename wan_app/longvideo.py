@@ -33,6 +33,7 @@ import torch
 
 from . import events, media, outputs
 from .colormatch import match_color, warm_up
+from .engine import is_oom
 from .errors import Cancelled, UserError
 from .journal import SUFFIX, Journal, journal_path, load_overlap, overlap_path, save_overlap
 from .media import GrowingVideo
@@ -231,16 +232,8 @@ def _check_video(path: Path, width: int, height: int, fps: int, overlap: int) ->
 
 
 def _input_frames(path: Path, width: int, height: int, fps: int) -> Iterator[np.ndarray]:
-    """The input video as read_video gives it, one frame at a time, so a long input never sits in RAM.
-    media has no public streaming reader yet, so its own stages (decode → fps resample → fit) are chained
-    here in read_video's order."""
-    if hasattr(media, "iter_video"):
-        return media.iter_video(path, width, height, fps)
-    src_fps = media._size_and_fps(path)[2]
-    frames = media._decode(path)
-    if src_fps and src_fps > 0:
-        frames = media._resample(frames, src_fps, fps)
-    return (media._fit(f, width, height) for f in frames)
+    """The input video one frame at a time, so a long input never sits in RAM."""
+    return media.iter_video(path, width, height, fps)
 
 
 def _metadata(engine, job: _Job, frames: int, wprep=None, schedule=None, placement=None,
@@ -340,16 +333,27 @@ def _windows(engine, job: _Job, cancel: threading.Event | None, t_start: float):
     meta = job.video.metadata or _metadata(engine, job, job.video.frames_written, complete=True)
     if j.windows_done < n:
         comps, placement = yield from engine.load(prep)
+    retried = False
     for k in range(j.windows_done, n):
         if cancel is not None and cancel.is_set():
             raise Cancelled()
         wreq = replace(prep.request, prompt=prompt_for(lreq.base.prompt, k), frames=j.windows[k],
                        seed=window_seed(lreq.base.seed, k))
-        wprep = replace(prep, request=wreq)
-        yield events.Progress("encode", message=f"window {k + 1}/{n}: encoding the prompt", window=k, windows=n)
-        cond, uncond = engine.encode_prompt(comps, placement, wreq.prompt, wreq.negative_prompt)
-        frames, schedule = yield from generate_window(engine, wprep, comps, placement, cond, uncond,
-                                                      job.overlap, cancel, window=k, windows=n)
+        while True:
+            wprep = replace(prep, request=wreq)
+            try:
+                yield events.Progress("encode", message=f"window {k + 1}/{n}: encoding the prompt",
+                                      window=k, windows=n)
+                cond, uncond = engine.encode_prompt(comps, placement, wreq.prompt, wreq.negative_prompt)
+                frames, schedule = yield from generate_window(engine, wprep, comps, placement, cond, uncond,
+                                                              job.overlap, cancel, window=k, windows=n)
+                break
+            except Exception as exc:  # noqa: BLE001 - only a first OOM is retried; the window restarts
+                # from the same overlap and seed, so the retry gives the frames it would have given.
+                if not is_oom(exc) or retried or not (yield from engine.replan_after_oom(prep)):
+                    raise
+                retried = True
+                comps, placement = yield from engine.load(prep)
         frames = join_window(frames, job.overlap, lreq.color_match, job.keep[k])
         yield events.Progress("write", message=f"window {k + 1}/{n}: appending {len(frames)} frames",
                               window=k, windows=n)
@@ -380,11 +384,12 @@ def _windows(engine, job: _Job, cancel: threading.Event | None, t_start: float):
 def _drive(engine, make_job, cancel, t_start: float) -> Iterator[events.Event]:
     job = None
     try:
-        job = make_job()
-        meta = yield from _windows(engine, job, cancel, t_start)
-        yield events.Progress("write", message="finishing the video")
-        job.video.discard_parts()
-        job.journal.discard()
+        with engine.busy():
+            job = make_job()
+            meta = yield from _windows(engine, job, cancel, t_start)
+            yield events.Progress("write", message="finishing the video")
+            job.video.discard_parts()
+            job.journal.discard()
         yield events.Finished(job.path, meta, meta["seconds"])
     except UserError as e:
         yield events.Failed(f"{e.field}: {e.problem}", e.fix)
@@ -392,7 +397,7 @@ def _drive(engine, make_job, cancel, t_start: float) -> Iterator[events.Event]:
         yield events.Cancelled(_stopped_message(job), path=_playable(job))
     except Exception as e:  # noqa: BLE001 - the UI must get a message, not a dead stream
         log.exception("long video failed")
-        oom = isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
+        oom = is_oom(e)
         what = "Out of memory" if oom else f"{type(e).__name__}: {e}"
         where = f" in window {job.journal.windows_done + 1}" if job else ""
         hint = "see the console log for details"

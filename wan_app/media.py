@@ -344,19 +344,11 @@ def read_video(path: str | os.PathLike, width: int | None = None, height: int | 
     alone scales proportionally). fps: resample by taking, for each output timestamp, the nearest source
     frame. max_frames: stop after that many output frames. last_frames: keep only the last N output frames,
     holding no more than N in memory."""
-    path = _existing_video(path)
-    for name, v in (("width", width), ("height", height), ("max_frames", max_frames),
-                    ("last_frames", last_frames)):
+    for name, v in (("max_frames", max_frames), ("last_frames", last_frames)):
         if v is not None and (not isinstance(v, int) or v < 1):
             raise ValueError(f"read_video: {name} must be a positive int, got {v!r}")
-    if fps is not None:
-        _check_fps(fps)
-    src_fps = _size_and_fps(path)[2] if fps is not None else None
-    frames = _decode(path)
-    if fps is not None and src_fps and src_fps > 0:
-        frames = _resample(frames, src_fps, fps)
-    # A source without a usable frame rate is taken to be at the requested rate already.
-    frames = (_fit(f, width, height) for f in frames)
+    path = _existing_video(path)
+    frames = iter_video(path, width, height, fps)
     kept: deque | list = deque(maxlen=last_frames) if last_frames else []
     n = 0
     for f in frames:
@@ -367,6 +359,25 @@ def read_video(path: str | os.PathLike, width: int | None = None, height: int | 
     if not kept:
         raise UserError("video", f"{path.name} has no video frames", _VIDEO_FIX)
     return np.stack(list(kept))
+
+
+def iter_video(path: str | os.PathLike, width: int | None = None, height: int | None = None,
+               fps: float | None = None) -> Iterator[np.ndarray]:
+    """The frames read_video returns, one at a time (decode → fps resample → fit), so a long video
+    never sits in RAM. Raises UserError("video") for a missing file; an unreadable one fails when
+    iterated, like read_video."""
+    path = _existing_video(path)
+    for name, v in (("width", width), ("height", height)):
+        if v is not None and (not isinstance(v, int) or v < 1):
+            raise ValueError(f"read_video: {name} must be a positive int, got {v!r}")
+    if fps is not None:
+        _check_fps(fps)
+    src_fps = _size_and_fps(path)[2] if fps is not None else None
+    frames = _decode(path)
+    if fps is not None and src_fps and src_fps > 0:
+        frames = _resample(frames, src_fps, fps)
+    # A source without a usable frame rate is taken to be at the requested rate already.
+    return (_fit(f, width, height) for f in frames)
 
 
 def _existing_video(path) -> Path:
