@@ -151,23 +151,26 @@ class Engine:
             yield events.Progress("load", message=f"loading {prep.spec.name}")
             self._components = (comp_key, load_components(
                 prep.files, dtype=TORCH_DTYPES[plan.compute_dtype], experts=plan.experts_resident,
-                text_encoder_dtype=self._text_encoder_dtype(plan)))
+                text_encoder_dtype=self._text_encoder_dtype(plan), fp8=plan.weight_dtype == "fp8",
+                text_encoder_fp8=plan.text_encoder_dtype == "fp8"))
         comps = self._components[1]
         notices: list[str] = []
         placement = apply_plan(plan, comps, notify=notices.append,
                                load_expert=lambda which: load_transformer(
-                                   prep.files, which, dtype=TORCH_DTYPES[plan.compute_dtype]))
+                                   prep.files, which, dtype=TORCH_DTYPES[plan.compute_dtype],
+                                   fp8=plan.weight_dtype == "fp8"))
         for n in notices:
             yield events.Notice(n)
         self._placement = (place_key, placement)
         self._reload_text_encoder = lambda: build_text_encoder(prep.files.text_encoder,
-                                                               self._text_encoder_dtype(plan))
+                                                               self._text_encoder_dtype(plan),
+                                                               fp8=plan.text_encoder_dtype == "fp8")
         self._keep_text_encoder = plan.text_encoder_kept
         return comps, placement
 
     @staticmethod
     def _text_encoder_dtype(plan: Plan) -> torch.dtype:
-        # fp8 umT5 files are dequantized by the loader; keeping umT5 itself in fp8 is not done yet.
+        """umT5's dtype; in an fp8 plan, that of the parts not stored in fp8 (embeddings, norms, wo)."""
         return TORCH_DTYPES.get(plan.text_encoder_dtype, TORCH_DTYPES[plan.compute_dtype])
 
     def unload(self, keep_components: bool = False) -> None:

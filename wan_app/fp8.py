@@ -21,17 +21,33 @@ FP8 = torch.float8_e4m3fn
 FP8_MAX = torch.finfo(FP8).max  # 448.0
 
 
+def quantize(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fp8 weight, 0-d f32 scale) with scale = amax / 448: the largest weight lands on e4m3's top."""
+    w = w.float()
+    amax = w.abs().max()
+    scale = (amax / FP8_MAX) if amax > 0 else torch.ones((), dtype=torch.float32)
+    return (w / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8), scale.reshape(()).to(torch.float32)
+
+
 class ScaledFp8Linear(nn.Module):
     """A Linear whose weight is stored as fp8 plus one f32 scale; upcast to the input dtype per call."""
 
-    def __init__(self, linear: nn.Linear):
+    def __init__(self, linear: nn.Linear | None = None, *, in_features: int = 0, out_features: int = 0,
+                 bias: bool = True):
         super().__init__()
+        if linear is None:
+            # An empty shell on the meta device, filled by load_state_dict(assign=True) straight from a
+            # checkpoint's fp8 tensors (wan_app.checkpoints): no full-precision copy is ever made.
+            self.in_features, self.out_features = in_features, out_features
+            self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=FP8, device="meta"),
+                                       requires_grad=False)
+            self.register_buffer("weight_scale", torch.empty((), dtype=torch.float32, device="meta"))
+            self.bias = nn.Parameter(torch.empty(out_features, device="meta"), requires_grad=False) if bias else None
+            return
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        w = linear.weight.data.float()
-        amax = w.abs().max()
-        scale = (amax / FP8_MAX) if amax > 0 else torch.ones((), dtype=torch.float32)
-        self.weight = nn.Parameter((w / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8), requires_grad=False)
-        self.register_buffer("weight_scale", scale.reshape(()).to(torch.float32))
+        q, scale = quantize(linear.weight.data)
+        self.weight = nn.Parameter(q, requires_grad=False)
+        self.register_buffer("weight_scale", scale)
         self.bias = linear.bias  # small; stays in the compute dtype
 
     def dequantized_weight(self, dtype: torch.dtype) -> torch.Tensor:
@@ -59,6 +75,20 @@ def store_fp8_scaled(transformer: nn.Module) -> int:
                 if type(child) is nn.Linear:
                     setattr(parent, name, ScaledFp8Linear(child))
                     replaced += 1
+    return replaced
+
+
+def fp8_shells(root: nn.Module, skip: tuple[str, ...] = ()) -> int:
+    """Replace every nn.Linear under `root` (except names containing a `skip` part) by an empty
+    ScaledFp8Linear shell, before a checkpoint is assigned into the model; returns how many."""
+    replaced = 0
+    for parent in list(root.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Linear and not any(part in name for part in skip):
+                setattr(parent, name, ScaledFp8Linear(in_features=child.in_features,
+                                                      out_features=child.out_features,
+                                                      bias=child.bias is not None))
+                replaced += 1
     return replaced
 
 

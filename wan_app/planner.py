@@ -75,9 +75,12 @@ FP8_UPCAST_LINEARS_IN_FLIGHT = 2
 SWAP_BUFFERS = 2
 
 # umT5-xxl encoder (WAN_FACTS): 5.681 B params → 11.4 GB in bf16; the ComfyUI fp8-scaled file is
-# 6,735,906,897 bytes (block linears fp8, the 256k×4096 embedding fp16).
+# 6,735,906,897 bytes (block linears fp8, the 256k×4096 embedding fp16). In memory the 24 `wo` linears
+# (10240×4096 each, 1.007 B params) stay 16-bit, because UMT5 casts its input to wo's dtype
+# (wan_app.checkpoints.load): +1 byte each.
 TEXT_ENCODER_PARAMS = 5.681e9
-TEXT_ENCODER_FP8_GB = 6.736
+TEXT_ENCODER_WO_PARAMS = 24 * 10240 * 4096
+TEXT_ENCODER_FP8_GB = 6.736 + TEXT_ENCODER_WO_PARAMS / 1e9
 # 512 tokens × 4096 wide through 24 layers: activations are small; cuBLAS workspace dominates.
 TEXT_ENCODER_WORK_GB = 0.3
 

@@ -41,6 +41,28 @@ def dequantize(sd: dict[str, torch.Tensor], dtype: torch.dtype, ignore_scales: b
     return out
 
 
+def keep_fp8(sd: dict[str, torch.Tensor], is_linear, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """For an fp8 plan: the linear weights selected by `is_linear(key)` become `<layer>.weight` (fp8) +
+    `<layer>.weight_scale` (0-d f32), as wan_app.fp8.ScaledFp8Linear stores them. fp8 file weights are
+    kept as they are, mmap-backed, with the file's scale (1 for plain fp8 files); 16/32-bit ones are
+    quantized one tensor at a time. Everything else goes through `dequantize`. So planning fp8 never
+    makes a full-precision copy of the model (a 14B expert in bf16: 28.6 GB of RAM)."""
+    from ..fp8 import FP8, quantize
+    lin = {k for k, v in sd.items() if k.endswith(".weight") and v.ndim == 2 and is_linear(k)}
+    out = dequantize({k: v for k, v in sd.items() if k not in lin}, dtype)
+    for k in lin:
+        w, base = sd[k], k[: -len(".weight")]
+        s = sd.get(base + SCALE_WEIGHT)
+        if w.dtype == FP8 and (s is None or s.numel() == 1):
+            out[k] = w
+            out[base + ".weight_scale"] = (s.float().reshape(()) if s is not None
+                                          else torch.ones((), dtype=torch.float32))
+        else:   # 16/32-bit, or a per-channel scale: requantize this one tensor
+            out[k], out[base + ".weight_scale"] = quantize(dequantize({k: w, base + SCALE_WEIGHT: s} if s is not None
+                                                                      else {k: w}, torch.float32)[k])
+    return out
+
+
 def quantize_scaled_fp8(sd: dict[str, torch.Tensor], linear_keys: list[str]) -> dict[str, torch.Tensor]:
     """The ComfyUI scaled-fp8 format (for the tiny writer): per-layer absmax scale, fp8 weight, marker."""
     out: dict[str, torch.Tensor] = {}

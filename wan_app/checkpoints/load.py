@@ -16,6 +16,7 @@ import torch
 
 from ..catalog import ModelSpec
 from ..errors import UserError
+from ..fp8 import fp8_shells
 from . import convert
 from .headers import load_pth
 from .identify import COMFY_PREFIX
@@ -86,10 +87,15 @@ def _populate(tensors: list[torch.Tensor]) -> None:
         pass
 
 
-def _assign(model_cls, config: dict, sd: dict[str, torch.Tensor], source: str, from_config: bool = True):
+def _assign(model_cls, config: dict, sd: dict[str, torch.Tensor], source: str, from_config: bool = True,
+            fp8_under=None, fp8_skip: tuple[str, ...] = ()):
+    """Build on the meta device and assign the (mmap-backed) tensors. `fp8_under(model)` names the
+    sub-module whose linears are stored as fp8 (see convert.keep_fp8)."""
     from accelerate import init_empty_weights
     with init_empty_weights():
         model = model_cls.from_config(config) if from_config else model_cls(config)
+    if fp8_under is not None:
+        fp8_shells(fp8_under(model), fp8_skip)
     try:
         model.load_state_dict(sd, strict=True, assign=True)
     except RuntimeError as e:
@@ -115,32 +121,52 @@ def transformer_config(ident, head_dim: int) -> dict:
                 eps=1e-6, image_dim=None, added_kv_proj_dim=None, rope_max_seq_len=1024)
 
 
-def build_transformer(found, spec: ModelSpec, dtype: torch.dtype = torch.float32, ignore_scales: bool = False):
+def build_transformer(found, spec: ModelSpec, dtype: torch.dtype = torch.float32, ignore_scales: bool = False,
+                      fp8: bool = False):
+    """fp8=True: the block linears are stored as fp8 + scale (the plan's fp8 storage) without ever being
+    dequantized as a whole; the rest is in `dtype`."""
     from diffusers import WanTransformer3DModel
-    sd = convert.dequantize(open_tensors(found.paths), dtype, ignore_scales=ignore_scales)
+    raw = open_tensors(found.paths)
+    if fp8:
+        sd = convert.keep_fp8(raw, lambda k: k.startswith("blocks."), dtype)
+    else:
+        sd = convert.dequantize(raw, dtype, ignore_scales=ignore_scales)
     if found.ident.naming == "official":
         sd = convert.dit_official_to_diffusers(sd)
     ident = found.ident
     ident.extra["cross_attn_norm"] = "blocks.0.norm2.weight" in sd
-    return _assign(WanTransformer3DModel, transformer_config(ident, spec.arch.head_dim), sd, str(found.path))
+    return _assign(WanTransformer3DModel, transformer_config(ident, spec.arch.head_dim), sd, str(found.path),
+                   fp8_under=(lambda m: m.blocks) if fp8 else None)
 
 
-def load_transformer(files, which: str = "only", dtype: torch.dtype = torch.float32, ignore_scales: bool = False):
+def load_transformer(files, which: str = "only", dtype: torch.dtype = torch.float32, ignore_scales: bool = False,
+                     fp8: bool = False):
     """One DiT: "only" / "high" -> files.transformer, "low" -> files.transformer_2 (A14B, one at a time)."""
     if which not in ("only", "high", "low"):
         raise UserError("which", f"'{which}' is not an expert", "use 'only', 'high' or 'low'")
     found = files.transformer_2 if which == "low" else files.transformer
     if found is None:
         raise UserError("which", f"{files.spec.name} has no '{which}' expert", "use 'only' or 'high'")
-    return build_transformer(found, files.spec, dtype, ignore_scales)
+    return build_transformer(found, files.spec, dtype, ignore_scales, fp8)
 
 
 # ---------------------------------------------------------------------------------------------- umT5
-def build_text_encoder(found, dtype: torch.dtype = torch.float32):
+# UMT5 casts its hidden states to `wo`'s dtype before `wo` (transformers keeps `wo` in fp32 for that
+# reason), so in fp8 storage `wo` stays in the compute dtype: ~1 GB more than the 6.7 GB fp8 file.
+_TE_FP8_SKIP = ("wo",)
+
+
+def build_text_encoder(found, dtype: torch.dtype = torch.float32, fp8: bool = False):
+    """fp8=True: the encoder blocks' linears (all but `wo`) stay fp8 + scale, as the plan counts them."""
     from transformers import UMT5Config, UMT5EncoderModel
-    sd = convert.dequantize(open_tensors(found.paths), dtype)
+    sd = open_tensors(found.paths)
     if found.ident.naming == "official":
         sd = convert.umt5_official_to_hf(sd)
+    if fp8:
+        sd = convert.keep_fp8(sd, lambda k: k.startswith("encoder.block.") and "relative_attention_bias" not in k
+                              and not k.endswith(tuple(f".{n}.weight" for n in _TE_FP8_SKIP)), dtype)
+    else:
+        sd = convert.dequantize(sd, dtype)
     sd = convert.umt5_hf_complete(sd)
     vocab, d_model = sd["shared.weight"].shape
     layers = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("encoder.block."))
@@ -153,7 +179,8 @@ def build_text_encoder(found, dtype: torch.dtype = torch.float32):
         relative_attention_num_buckets=buckets,
         relative_attention_max_distance=(known or {}).get("relative_attention_max_distance", 128),
         feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False, layer_norm_epsilon=1e-6)
-    model = _assign(UMT5EncoderModel, config, sd, str(found.path), from_config=False)
+    model = _assign(UMT5EncoderModel, config, sd, str(found.path), from_config=False,
+                    fp8_under=(lambda m: m.encoder.block) if fp8 else None, fp8_skip=_TE_FP8_SKIP)
     model.encoder.embed_tokens.weight = model.shared.weight    # assign=True made two Parameters of one tensor
     return model
 
@@ -215,15 +242,17 @@ def load_tokenizer(found):
 
 # ---------------------------------------------------------------------------------------------- all
 def load_components(files, dtype: torch.dtype = torch.float32, experts: str = "both",
-                    text_encoder_dtype: torch.dtype | None = None) -> Components:
+                    text_encoder_dtype: torch.dtype | None = None, fp8: bool = False,
+                    text_encoder_fp8: bool = False) -> Components:
     """All parts of a model. `experts="one"` (A14B on a small-RAM machine) loads only the high-noise
     expert; the memory module loads the low-noise one from its mmap at the switch. The VAE is always
     float32, as in the official code (wan/modules/vae.py): its decode is where bf16 shows banding."""
     spec = files.spec
-    transformer = load_transformer(files, "high" if spec.experts == 2 else "only", dtype)
-    transformer_2 = (load_transformer(files, "low", dtype)
+    transformer = load_transformer(files, "high" if spec.experts == 2 else "only", dtype, fp8=fp8)
+    transformer_2 = (load_transformer(files, "low", dtype, fp8=fp8)
                      if spec.experts == 2 and experts == "both" else None)
     return Components(spec=spec, transformer=transformer, transformer_2=transformer_2,
                       vae=build_vae(files.vae, torch.float32),
-                      text_encoder=build_text_encoder(files.text_encoder, text_encoder_dtype or dtype),
+                      text_encoder=build_text_encoder(files.text_encoder, text_encoder_dtype or dtype,
+                                                      fp8=text_encoder_fp8),
                       tokenizer=load_tokenizer(files.tokenizer), sources=files.sources())
