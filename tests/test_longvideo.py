@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from wan_app import events
 from wan_app.colormatch import lab_stats, match_color
@@ -389,7 +390,6 @@ def test_crash_between_append_and_journal_update_resumes_without_a_gap(tiny_root
 def test_out_of_memory_in_a_window_replans_and_gives_the_same_video(tiny_root, tmp_path):
     """An OOM in window 2 frees memory, re-plans, and redoes that window from the same overlap and seed:
     the finished video equals an uninterrupted run's, frame for frame."""
-    import torch
     from wan_app.media import read_video
 
     clean = tmp_path / "clean.mp4"
@@ -414,3 +414,37 @@ def test_out_of_memory_in_a_window_replans_and_gives_the_same_video(tiny_root, t
     assert state["fired"] and any("out of gpu memory" in n.message.lower() for n in only(evs, events.Notice))
     assert len(only(evs, events.PlanReady)) == 2
     assert np.array_equal(read_video(out), read_video(clean))
+
+
+@pytest.mark.parametrize("name", [T2V, TI2V])
+def test_ti2v_windows_condition_on_the_overlap_like_its_image_t2v_by_reinjection(tiny_root, tmp_path, name):
+    """TI2V 5B is given the overlap latents clean with timestep 0 on their tokens (its trained image
+    conditioning); T2V models get plain timesteps (the overlap is re-injected noised instead)."""
+    engine = engine_for(tiny_root, name, tmp_path)
+    seen = []
+
+    def spy(module, args, kwargs):
+        seen.append(kwargs["timestep"].detach().clone())
+    hooks = []
+    orig_load = engine.load
+
+    def load_and_spy(prep):
+        comps, placement = yield from orig_load(prep)
+        hooks.append(comps.transformer.register_forward_pre_hook(spy, with_kwargs=True))
+        return comps, placement
+    engine.load = load_and_spy
+    evs = drain(run_long(engine, LongRequest(request(tiny_root, name, steps=2), total_frames=13, window=9),
+                         out_path=tmp_path / "c.mp4"))
+    assert isinstance(last_of(evs), events.Finished), last_of(evs)
+    calls_per_window = 2 * 2                        # steps × (cond, uncond)
+    first, second = seen[:calls_per_window], seen[calls_per_window:]
+    assert len(second) == calls_per_window
+    assert all(t.ndim == 1 for t in first)          # window 0 starts from text: nothing to condition on
+    if name == TI2V:
+        # 64×64 with the 16× Wan2.2 VAE: 4×4 latents → 2×2 = 4 tokens per latent frame; the 5-frame
+        # overlap is (5−1)/4+1 = 2 latent frames → the first 8 tokens are held at t = 0
+        for t in second:
+            assert t.ndim == 2 and t.shape[1] == 3 * 4
+            assert torch.all(t[:, :8] == 0) and torch.all(t[:, 8:] > 0)
+    else:
+        assert all(t.ndim == 1 and torch.all(t > 0) for t in second)

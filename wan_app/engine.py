@@ -252,14 +252,25 @@ class Engine:
     def denoise(self, prep: Prepared, comps, placement, latents: torch.Tensor, cond: torch.Tensor,
                 uncond: torch.Tensor, cancel: threading.Event | None = None,
                 inject: Callable[[int, float, torch.Tensor], torch.Tensor] | None = None,
-                window: int | None = None, preview_every: int = 1):
-        """The denoising loop. `inject(step, sigma, latents) -> latents` lets long video put the
-        overlap latents back at each step. Yields events; returns (schedule, final latents)."""
+                window: int | None = None, preview_every: int = 1, condition: torch.Tensor | None = None):
+        """The denoising loop. Yields events; returns (schedule, final latents).
+
+        `inject(step, sigma, latents) -> latents` lets long video put the overlap latents back, noised
+        to each step's σ (how T2V models continue a clip). `condition` (clean latent frames the clip
+        starts with) is Wan2.2 TI2V's image conditioning, as diffusers' WanImageToVideoPipeline does it
+        with expand_timesteps: the model sees those frames clean with timestep 0 on their tokens, and
+        they are written back at the end."""
         req, spec, plan = prep.request, prep.spec, prep.plan
         device = torch.device(plan.device)
         dtype = TORCH_DTYPES[plan.compute_dtype]
         schedule, solver = sampling.make_solver(req.solver, req.steps, req.shift, device=device)
         x = latents.to(device)
+        if condition is not None:
+            condition = condition.to(device, x.dtype)
+            n_cond = condition.shape[2]
+            keep = torch.ones(x.shape[2:], device=device)
+            keep[:n_cond] = 0
+            token_keep = keep[:, ::2, ::2].flatten()[None]   # patch (1, 2, 2): one token per 2×2 latents
         cond, uncond = cond.to(device, dtype), uncond.to(device, dtype)
         # plan.cfg_batched: cond and uncond as one batch of 2, so swapped blocks cross the bus once a step
         both = torch.cat([cond, uncond]) if plan.cfg_batched else None
@@ -282,9 +293,15 @@ class Engine:
                 x = inject(i, sigma, x)
             model = placement.transformer(want)
             scale = req.guidance_2 if want == "low" else req.guidance
-            v = sampling.cfg(*self._velocities(model, x.to(dtype), t.to(device), cond, uncond, both), scale)
+            x_model, t_model = x, t.to(device)
+            if condition is not None:
+                x_model = torch.cat([condition, x[:, :, n_cond:]], dim=2)
+                t_model = token_keep * t_model
+            v = sampling.cfg(*self._velocities(model, x_model.to(dtype), t_model, cond, uncond, both), scale)
             if preview_every and (i % preview_every == 0 or i == n - 1):
-                x0 = sampling.predicted_clean(x, v, sigma)
+                x0 = sampling.predicted_clean(x_model, v, sigma)
+                if condition is not None:
+                    x0[:, :, :n_cond] = condition
                 yield events.Preview(i + 1, n, latent_to_rgb(x0, spec.vae), expert=self._expert_label(want),
                                      window=window)
             x = solver.step(v, t, x)
@@ -293,16 +310,19 @@ class Engine:
                                   message=f"step {i + 1}/{n}", window=window)
         if inject is not None:
             x = inject(n, 0.0, x)
+        if condition is not None:
+            x = torch.cat([condition, x[:, :, n_cond:]], dim=2)
         return schedule, x.float()
 
     @staticmethod
     def _velocities(model, x, t, cond, uncond, both=None):
         """(v_cond, v_uncond): two forwards, or one batch-2 forward when `both` = cat([cond, uncond])."""
         if both is not None:
-            v = model(hidden_states=torch.cat([x, x]), timestep=t.expand(2), encoder_hidden_states=both,
+            t2 = t.expand(2) if t.ndim == 0 else t.expand(2, -1)        # per-token timesteps are [1, seq]
+            v = model(hidden_states=torch.cat([x, x]), timestep=t2, encoder_hidden_states=both,
                       return_dict=False)[0]
             return v[:1], v[1:]
-        tt = t.expand(x.shape[0])
+        tt = t.expand(x.shape[0]) if t.ndim == 0 else t
         return (model(hidden_states=x, timestep=tt, encoder_hidden_states=cond, return_dict=False)[0],
                 model(hidden_states=x, timestep=tt, encoder_hidden_states=uncond, return_dict=False)[0])
 

@@ -8,7 +8,8 @@ frames (default 5) with what came before:
 2. before every denoising step those latents are put back, noised to the step's σ with a fixed noise
    tensor (flow matching: x = (1−σ)·z + σ·ε), so the rest of the window is denoised *around* them and
    continues their motion. This works for pure text-to-video models, which Wan2GP refuses to extend.
-   TI2V 5B needs nothing else: it conditions on an image exactly this way, as its first latent frame;
+   TI2V 5B (Wan2.2 VAE) instead uses the conditioning it was trained with for its image: the overlap
+   latents are given to the model clean, with timestep 0 on their tokens (Engine.denoise `condition`);
 3. after the last step the overlap latents are put back clean (σ = 0), the window is decoded, its colours
    are matched to the overlap (wan_app.colormatch), the O overlap frames are dropped (not duplicated) and
    the rest is appended to the output mp4 on disk (media.GrowingVideo).
@@ -166,23 +167,32 @@ def overlap_injector(clean: torch.Tensor, noise: torch.Tensor):
     return inject
 
 
+def uses_image_conditioning(spec) -> bool:
+    """Wan2.2 TI2V (the 48-channel Wan2.2 VAE models) was trained to take clean first-frame latents at
+    timestep 0 per token; the Wan2.1-VAE T2V models were not, so they get noised re-injection."""
+    return spec.vae == "wan2.2"
+
+
 def generate_window(engine, prep, comps, placement, cond, uncond, overlap: np.ndarray | None,
                     cancel: threading.Event | None = None, window: int | None = None,
                     windows: int | None = None):
     """Denoise and decode one window, continuing `overlap` (uint8 [O,H,W,3]) when given. A generator of
     events returning (frames uint8 [prep.request.frames,H,W,3] including the overlap, schedule)."""
     latents = engine.prepare_latents(prep.spec, prep.request)
-    inject = None
+    inject = condition = None
     if overlap is not None:
         yield events.Progress("encode", message="encoding the overlap with the VAE", window=window,
                               windows=windows)
         clean = engine.encode_frames(comps, overlap)
-        # The overlap's noise is the slice of the window's own seeded noise that it replaces: fixed for
-        # the whole window, reproducible from the seed, and at σ≈1 the injection changes almost nothing.
-        inject = overlap_injector(clean, latents[:, :, :clean.shape[2]].clone())
+        if uses_image_conditioning(prep.spec):
+            condition = clean
+        else:
+            # The overlap's noise is the slice of the window's own seeded noise that it replaces: fixed
+            # for the whole window, reproducible from the seed; at σ≈1 the injection changes little.
+            inject = overlap_injector(clean, latents[:, :, :clean.shape[2]].clone())
     schedule, latents = yield from _with_windows(
-        engine.denoise(prep, comps, placement, latents, cond, uncond, cancel, inject=inject, window=window),
-        windows)
+        engine.denoise(prep, comps, placement, latents, cond, uncond, cancel, inject=inject, window=window,
+                       condition=condition), windows)
     yield events.Progress("decode", message="decoding with the VAE", window=window, windows=windows)
     placement.before_decode()
     return engine.decode(comps, latents, prep.plan), schedule
