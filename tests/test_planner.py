@@ -368,3 +368,14 @@ def test_cfg_stays_sequential_when_batching_would_cost_more_copies_or_nothing_is
     # nothing swapped (1.3B on 24 GB) or no GPU: nothing to save
     assert not make_plan(Hardware.simulated(vram_gb=24, ram_gb=64), MODELS["wan2.1-t2v-1.3b"], 832, 480, 81).cfg_batched
     assert not make_plan(Hardware.simulated(vram_gb=None, ram_gb=64), MODELS["tiny-wan2.1-t2v"], 64, 64, 9).cfg_batched
+
+
+def test_a_converted_checkpoint_is_counted_in_ram_for_the_whole_run():
+    """1.3B on 24 GB: an fp16 file run in bf16 is converted into an anonymous 1.419e9 · 2 B = 2.84 GB
+    copy that stays as the weights' CPU home all run long; a bf16 file's home is its own memory-mapped
+    pages, which the kernel can drop, so only that file is free in RAM terms."""
+    hw = Hardware.simulated(vram_gb=24, ram_gb=64)
+    same = plan(hw, M13, 832, 480, 81, weights_on_disk="bf16")
+    converted = plan(hw, M13, 832, 480, 81, weights_on_disk="fp16")
+    assert (same.weight_dtype, converted.weight_dtype) == ("bf16", "bf16")
+    assert converted.est_ram_gb - same.est_ram_gb == pytest.approx(2.84, abs=0.15)

@@ -327,9 +327,13 @@ def _estimate(m: _Machine, spec: ModelSpec, w: int, h: int, frames: int, c: _Cho
         # MPS: unified memory; the active expert is already counted in the device phase.
         dit = mg if two and c.experts == "both" else 0.0
     te_encode = 0.0 if c.te_on_device else te + TEXT_ENCODER_WORK_GB
-    # Converting a file to another dtype makes an anonymous copy of a whole expert while loading
-    # (file-backed, memory-mapped pages of a same-dtype file are not counted: the kernel can drop them).
-    load = base + max(dit, mg * (2 if two and c.experts == "both" else 1) if converting else 0.0) + te_kept
+    # Converting a file to another dtype makes an anonymous copy of the whole DiT, and it stays: the
+    # memory module keeps every weight's CPU copy as its home off the GPU (wan_app.memory._Homes).
+    # Without conversion those homes are the file's memory-mapped pages, which the kernel can drop,
+    # so only the pinned swapped blocks count.
+    if converting and m.kind == "cuda":
+        dit = max(dit, mg * (2 if two and c.experts == "both" else 1))
+    load = base + dit + te_kept
     host = {"load": load,
             "encode": base + dit + max(te_kept, te_encode),
             "sample": base + dit + te_kept,
