@@ -153,7 +153,7 @@ def missing_markdown(statuses, models_dirs) -> str:
     for s in statuses:
         if s.runnable:
             continue
-        lines.append(f"**{s.spec.name}** (`{s.spec.id}`)")
+        lines.append(f"\n**{s.spec.name}** (`{s.spec.id}`)\n")   # blank lines: a heading, not list text
         lines += [f"- {m.replace('<models>', str(models_dirs[0]))}" for m in s.missing]
     if not lines:
         return ""

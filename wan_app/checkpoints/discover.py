@@ -237,7 +237,8 @@ class Inventory:
             for f in tes:
                 broken.append(f"Text encoder {f.path} has width {f.ident.d_model}, but {spec.name} needs "
                               f"{text_dim}: use the umT5-xxl encoder that belongs to this model")
-            missing.append(f"Missing the umT5-xxl text encoder: put {_where(spec, 'text_encoders', 'umt5_xxl_fp16.safetensors')}.")
+            missing.append(f"Missing the umT5-xxl text encoder: put {_where(spec, 'text_encoders', 'umt5_xxl_fp16.safetensors')} "
+                           "(it carries its tokenizer inside).")
 
         vaes = self.of_kind("vae")
         broken += [f.problem for f in vaes if f.problem]
@@ -259,7 +260,7 @@ class Inventory:
             chosen["tokenizer"] = te           # the tokenizer travels inside ComfyUI's umT5 files
         elif toks:
             chosen["tokenizer"] = toks[0]
-        else:
+        elif te is not None:   # (with no text encoder, the umT5 file suggested above brings the tokenizer)
             missing.append("Missing the umT5 tokenizer: put the google/umt5-xxl tokenizer folder (tokenizer.json, "
                            "tokenizer_config.json) under <models>/ (e.g. <models>/google/umt5-xxl/), or use ComfyUI's "
                            "umt5_xxl_*.safetensors, which carries it inside.")
