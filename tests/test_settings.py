@@ -17,7 +17,7 @@ def full_settings() -> Settings:
                     default_model="wan2.2-ti2v-5b",
                     overrides={"blocks_swapped": 10, "weight_dtype": "fp8", "attention": "sdpa",
                                "vae_tiling": True, "text_encoder": "cpu", "experts_resident": "one"},
-                    preview_every=3, last_request=dict(REQUEST))
+                    last_request=dict(REQUEST))
 
 
 def backups(folder):
@@ -27,7 +27,7 @@ def backups(folder):
 def test_a_missing_file_gives_defaults_without_a_notice(tmp_path):
     s, notice = load_settings(tmp_path / "settings.json")
     assert s == Settings() and notice is None
-    assert s.models_dirs == ["models"] and s.outputs_dir == "outputs" and s.preview_every == 1
+    assert s.models_dirs == ["models"] and s.outputs_dir == "outputs"
 
 
 def test_settings_round_trip(tmp_path):
@@ -61,8 +61,6 @@ def test_a_json_list_is_not_settings(tmp_path):
     ("default_model", "wan9-imaginary", "default_model"),
     ("models_dirs", "models", "models_dirs"),                  # a string, not a list
     ("outputs_dir", 5, "outputs_dir"),
-    ("preview_every", -1, "preview_every"),
-    ("preview_every", True, "preview_every"),
     ("overrides", {"weight_dtype": "fp4"}, "overrides.weight_dtype"),
     ("overrides", {"attention": "xformers"}, "overrides.attention"),
     ("overrides", {"blocks_swapped": "ten"}, "overrides.blocks_swapped"),
@@ -113,9 +111,9 @@ def test_null_overrides_mean_automatic(tmp_path):
 
 
 def test_validate_reports_problems_by_field():
-    s, problems = validate({"default_model": "x", "preview_every": 2})
+    s, problems = validate({"default_model": "x", "outputs_dir": "clips"})
     assert [p.field for p in problems] == ["default_model"]
-    assert s.preview_every == 2 and s.default_model is None
+    assert s.outputs_dir == "clips" and s.default_model is None
 
 
 def test_saving_invalid_settings_is_a_user_error_and_writes_nothing(tmp_path):

@@ -252,7 +252,7 @@ class Engine:
     def denoise(self, prep: Prepared, comps, placement, latents: torch.Tensor, cond: torch.Tensor,
                 uncond: torch.Tensor, cancel: threading.Event | None = None,
                 inject: Callable[[int, float, torch.Tensor], torch.Tensor] | None = None,
-                window: int | None = None, preview_every: int = 1, condition: torch.Tensor | None = None):
+                window: int | None = None, condition: torch.Tensor | None = None):
         """The denoising loop. Yields events; returns (schedule, final latents).
 
         `inject(step, sigma, latents) -> latents` lets long video put the overlap latents back, noised
@@ -298,12 +298,12 @@ class Engine:
                 x_model = torch.cat([condition, x[:, :, n_cond:]], dim=2)
                 t_model = token_keep * t_model
             v = sampling.cfg(*self._velocities(model, x_model.to(dtype), t_model, cond, uncond, both), scale)
-            if preview_every and (i % preview_every == 0 or i == n - 1):
-                x0 = sampling.predicted_clean(x_model, v, sigma)
-                if condition is not None:
-                    x0[:, :, :n_cond] = condition
-                yield events.Preview(i + 1, n, latent_to_rgb(x0, spec.vae), expert=self._expert_label(want),
-                                     window=window)
+            # a preview every step: the linear latent→RGB map costs milliseconds
+            x0 = sampling.predicted_clean(x_model, v, sigma)
+            if condition is not None:
+                x0[:, :, :n_cond] = condition
+            yield events.Preview(i + 1, n, latent_to_rgb(x0, spec.vae), expert=self._expert_label(want),
+                                 window=window)
             x = solver.step(v, t, x)
             elapsed = time.perf_counter() - t0
             yield events.Progress("sample", i + 1, n, eta_s=elapsed / (i + 1) * (n - i - 1),

@@ -30,7 +30,6 @@ class Settings:
     outputs_dir: str = "outputs"
     default_model: str | None = None
     overrides: dict = field(default_factory=dict)      # fields of plan_types.Overrides; absent = auto
-    preview_every: int = 1                             # a preview image every N steps; 0 = none
     last_request: dict = field(default_factory=dict)   # fields of request.Request, may be empty
 
     def to_dict(self) -> dict:
@@ -157,11 +156,6 @@ def validate(data: dict) -> tuple[Settings, list[Problem]]:
                 s.default_model = value
             else:
                 problems.append(Problem(key, f"unknown model {value!r} (known: {', '.join(catalog.MODELS)})"))
-        elif key == "preview_every":
-            if msg := _non_negative_int(value):
-                problems.append(Problem(key, msg))
-            else:
-                s.preview_every = value
         elif key == "overrides":
             ov: dict = {}
             _check_dict_of(key, value, _OVERRIDE_CHECKS, ov, problems)
