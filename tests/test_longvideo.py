@@ -182,7 +182,7 @@ def test_window_starts_with_the_overlap_it_continues(tiny_root, tmp_path, name):
     wprep = replace(prep, request=replace(prep.request, seed=window_seed(5, 1)))
     frames, _ = run_gen(generate_window(engine, wprep, comps, placement, cond, uncond, overlap))
     free, _ = run_gen(generate_window(engine, wprep, comps, placement, cond, uncond, None))
-    roundtrip = engine.decode(comps, engine.encode_frames(comps, overlap), prep.plan)
+    roundtrip = engine.decode(comps, engine.encode_frames(comps, overlap))
     assert roundtrip.shape == overlap.shape
 
     seam = np.abs(frames[:5].astype(int) - roundtrip.astype(int))

@@ -132,7 +132,7 @@ class Engine:
         schedule, latents = yield from self.denoise(prep, comps, placement, latents, cond, uncond, cancel)
         yield events.Progress("decode", message="decoding with the VAE")
         placement.before_decode()
-        frames = self.decode(comps, latents, prep.plan)
+        frames = self.decode(comps, latents)
         meta = self.metadata(prep, schedule, placement)
         return frames, meta
 
@@ -331,7 +331,7 @@ class Engine:
         return None if which == "only" else which
 
     @torch.no_grad()
-    def decode(self, comps, latents: torch.Tensor, plan: Plan) -> np.ndarray:
+    def decode(self, comps, latents: torch.Tensor) -> np.ndarray:
         """VAE decode of z·std + mean (the sampler's latents are normalised), clamp to [−1, 1]."""
         vae = comps.vae
         z = self.denormalize(vae, latents)

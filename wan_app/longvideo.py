@@ -195,7 +195,7 @@ def generate_window(engine, prep, comps, placement, cond, uncond, overlap: np.nd
                        condition=condition), windows)
     yield events.Progress("decode", message="decoding with the VAE", window=window, windows=windows)
     placement.before_decode()
-    return engine.decode(comps, latents, prep.plan), schedule
+    return engine.decode(comps, latents), schedule
 
 
 def join_window(frames: np.ndarray, overlap: np.ndarray | None, color_match: float, keep: int) -> np.ndarray:
