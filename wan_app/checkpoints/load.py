@@ -182,6 +182,13 @@ def build_text_encoder(found, dtype: torch.dtype = torch.float32, fp8: bool = Fa
     model = _assign(UMT5EncoderModel, config, sd, str(found.path), from_config=False,
                     fp8_under=(lambda m: m.encoder.block) if fp8 else None, fp8_skip=_TE_FP8_SKIP)
     model.encoder.embed_tokens.weight = model.shared.weight    # assign=True made two Parameters of one tensor
+    if dtype == torch.float16:
+        # T5's feed-forward output overflows fp16; transformers keeps `wo` in fp32 for that
+        # (UMT5PreTrainedModel._keep_in_fp32_modules), which assigning a state dict bypasses.
+        for block in model.encoder.block:
+            wo = block.layer[1].DenseReluDense.wo
+            if type(wo) is torch.nn.Linear:
+                wo.to(torch.float32)
     return model
 
 

@@ -1,4 +1,4 @@
-"""An fp8 plan loads fp8: block linears go from the file into fp8 + scale storage directly, so no
+"""Low-precision loading: an fp8 plan loads fp8 (block linears go from the file into fp8 + scale storage
 full-precision copy of the model is ever made (a 14B expert in bf16 would be 28.6 GB of RAM)."""
 from __future__ import annotations
 
@@ -90,3 +90,15 @@ def test_engine_runs_an_fp8_plan_end_to_end(tiny_root, tmp_path):
     assert done, [e for e in evs if isinstance(e, events.Failed)]
     assert done[0].metadata["plan"]["weight_dtype"] == "fp8"
     assert probe(done[0].path).frames == 9
+
+
+def test_fp16_text_encoder_keeps_wo_in_fp32_like_transformers_does(tiny_root):
+    """T5's feed-forward output overflows fp16 (GPUs without bf16 run umT5 in fp16)."""
+    te_file = files_of(tiny_root, "comfyui-fp16").text_encoder
+    te = build_text_encoder(te_file, torch.float16)
+    ff = te.encoder.block[0].layer[1].DenseReluDense
+    assert ff.wo.weight.dtype == torch.float32 and ff.wi_0.weight.dtype == torch.float16
+    ids = torch.tensor([[5, 9, 13, 2]])
+    with torch.no_grad():
+        out = te(ids, torch.ones_like(ids)).last_hidden_state
+    assert torch.isfinite(out).all()
