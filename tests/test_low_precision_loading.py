@@ -1,5 +1,6 @@
-"""Low-precision loading: an fp8 plan loads fp8 (block linears go from the file into fp8 + scale storage
-full-precision copy of the model is ever made (a 14B expert in bf16 would be 28.6 GB of RAM)."""
+"""Low-precision loading. An fp8 plan loads fp8: block linears go from the file into fp8 + scale storage
+directly, so no full-precision copy of the model is ever made (a 14B expert in bf16 would be 28.6 GB of
+RAM). An fp16 umT5 keeps `wo` in fp32."""
 from __future__ import annotations
 
 import torch
