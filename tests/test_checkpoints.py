@@ -182,3 +182,16 @@ def test_load_components_in_half_precision_keeps_file_dtype(tiny_root):
     comp = load_components(files, torch.float16)
     assert {p.dtype for p in comp.transformer.parameters()} == {torch.float16}
     assert comp.text_encoder.shared.weight is comp.text_encoder.encoder.embed_tokens.weight
+
+
+def test_tiny_demo_parts_never_stand_in_for_a_real_models_parts(tiny_root):
+    """A user with the demo models but no real files: every real model lists all its files as missing
+    and claims none of the tiny text encoders, VAEs or tokenizers (they would make garbage)."""
+    inv = scan([info.path for info in tiny_root.values()])
+    for mid in ("wan2.1-t2v-1.3b", "wan2.2-ti2v-5b"):
+        st = status_of(inv, mid)
+        assert not st.runnable and st.found == {}
+        text = " ".join(st.missing)
+        assert "diffusion model" in text and "umT5-xxl text encoder" in text and "VAE" in text
+        assert "Unusable" not in text
+    assert {tiny.T21, tiny.A14, tiny.TI2V} <= set(inv.runnable_ids())

@@ -61,6 +61,7 @@ class ModelSpec:
     sizes: tuple[tuple[int, int], ...]   # official (W, H), first is the default
     size_multiple: int           # 16 for the 8x VAE (patch 2), 32 for the 16x VAE
     text_len: int = 512
+    text_dim: int = 4096         # umT5-xxl d_model; the DiT's text_embedding input
     tiny: bool = False
     diffusers_repo: str | None = None
     downloads: tuple[Download, ...] = field(default=())
@@ -139,17 +140,18 @@ MODELS: dict[str, ModelSpec] = {s.id: s for s in [
     ModelSpec(
         id="tiny-wan2.1-t2v", name="Tiny Wan2.1 T2V (random test weights)", arch=_ARCH_TINY,
         vae="wan2.1", experts=1, params=0.0, steps=4, shift=5.0, guidance=5.0, guidance_2=None,
-        boundary=None, fps=16, frames=9, sizes=((64, 64), (96, 64), (64, 96)), size_multiple=16, tiny=True),
+        boundary=None, fps=16, frames=9, sizes=((64, 64), (96, 64), (64, 96)), size_multiple=16, text_dim=32,
+        tiny=True),
     ModelSpec(
         id="tiny-wan2.2-t2v-a14b", name="Tiny Wan2.2 T2V A14B (random test weights)",
         arch=_ARCH_TINY, vae="wan2.1", experts=2, params=0.0, steps=10, shift=12.0, guidance=4.0,
         guidance_2=3.0, boundary=0.875, fps=16, frames=9, sizes=((64, 64), (96, 64), (64, 96)),
-        size_multiple=16, tiny=True),
+        size_multiple=16, text_dim=32, tiny=True),
     ModelSpec(
         id="tiny-wan2.2-ti2v-5b", name="Tiny Wan2.2 TI2V 5B (random test weights)",
         arch=_ARCH_TINY_48, vae="wan2.2", experts=1, params=0.0, steps=4, shift=5.0, guidance=5.0,
         guidance_2=None, boundary=None, fps=24, frames=9, sizes=((64, 64), (96, 64), (64, 96)),
-        size_multiple=32, tiny=True),
+        size_multiple=32, text_dim=32, tiny=True),
 ]}
 
 

@@ -157,7 +157,10 @@ def scan(dirs: list[Path]) -> "Inventory":
             if "model_index.json" in filenames:
                 files.append(FoundFile(here, "diffusers", "diffusers"))
             if any(f in filenames for f in _TOKENIZER_FILES):
-                files.append(FoundFile(here, "tokenizer", "diffusers" if here.name == "tokenizer" else "official"))
+                vocab_bytes = max((here / f).stat().st_size for f in _TOKENIZER_FILES[::2] if f in filenames) \
+                    if any(f in filenames for f in _TOKENIZER_FILES[::2]) else 0
+                files.append(FoundFile(here, "tokenizer", "diffusers" if here.name == "tokenizer" else "official",
+                                       nbytes=vocab_bytes))
             shards: dict[str, list[Path]] = {}
             for name in sorted(filenames):
                 if not name.endswith(WEIGHT_SUFFIXES) or name.startswith("."):
@@ -180,6 +183,14 @@ def _where(spec: ModelSpec, subdir: str, fallback: str, expert: str | None = Non
     names = [d.filename.rsplit("/", 1)[-1] for d in spec.downloads if d.subdir == subdir
              and (expert is None or f"{expert}_noise" in d.filename)]
     return f"{' or '.join(names) or fallback} into <models>/{subdir}/"
+
+
+TINY_VAE_MAX_BASE = 32     # real Wan VAEs start at 96 (2.1) or 160 (2.2) channels
+TINY_TOKENIZER_MAX_BYTES = 1_000_000   # umT5: tokenizer.json ~16 MB, spiece.model 4.5 MB; tiny: 5 KB, 240 KB
+
+
+def _tiny_vae(f: FoundFile) -> bool:
+    return f.ident.extra.get("base_dim", 96) < TINY_VAE_MAX_BASE
 
 
 class Inventory:
@@ -226,7 +237,8 @@ class Inventory:
         anchor = next(iter(chosen.values())).path if chosen else None
         near = (lambda fs: sorted(fs, key=lambda f: -_closeness(f.path, anchor))) if anchor else (lambda fs: fs)
 
-        text_dim = chosen["transformer"].ident.text_dim if "transformer" in chosen else None
+        # without a DiT to read it from, the catalog says how wide the text encoder must be
+        text_dim = chosen["transformer"].ident.text_dim if "transformer" in chosen else spec.text_dim
         tes = [f for f in self.of_kind("text_encoder")]
         broken += [f.problem for f in tes if f.problem]
         tes = [f for f in tes if not f.problem]
@@ -234,27 +246,31 @@ class Inventory:
         if fit:
             chosen["text_encoder"] = fit[0]
         else:
-            for f in tes:
-                broken.append(f"Text encoder {f.path} has width {f.ident.d_model}, but {spec.name} needs "
-                              f"{text_dim}: use the umT5-xxl encoder that belongs to this model")
+            if "transformer" in chosen:   # a width to complain about only when the DiT says what it needs
+                for f in tes:
+                    broken.append(f"Text encoder {f.path} has width {f.ident.d_model}, but {spec.name} needs "
+                                  f"{text_dim}: use the umT5-xxl encoder that belongs to this model")
             missing.append(f"Missing the umT5-xxl text encoder: put {_where(spec, 'text_encoders', 'umt5_xxl_fp16.safetensors')} "
                            "(it carries its tokenizer inside).")
 
         vaes = self.of_kind("vae")
         broken += [f.problem for f in vaes if f.problem]
         vaes = [f for f in vaes if not f.problem]
+        # a tiny demo VAE has the real z_dim; its base width (8, not 96/160) keeps it to tiny models
+        vaes = [f for f in vaes if _tiny_vae(f) == spec.tiny]
         fit = near([f for f in vaes if f.ident.z_dim == spec.z_dim])
         if fit:
             chosen["vae"] = fit[0]
         else:
-            for f in vaes:
+            for f in vaes:                  # all of the other kind here (z_dim), said as such
                 kind = "Wan2.2" if f.ident.z_dim == 48 else "Wan2.1"
                 broken.append(f"VAE {f.path} is the {kind} VAE ({f.ident.z_dim} latent channels), but {spec.name} "
                               f"needs the {spec.vae.capitalize()} VAE ({spec.z_dim} channels)")
             vae_file = "Wan2.2_VAE.pth / wan2.2_vae.safetensors" if spec.vae == "wan2.2" else "Wan2.1_VAE.pth / wan_2.1_vae.safetensors"
             missing.append(f"Missing the {spec.vae.capitalize()} VAE: put {_where(spec, 'vae', vae_file)}.")
 
-        toks = near([f for f in self.of_kind("tokenizer")])
+        # a tiny test tokenizer (64 pieces) would turn a real prompt into garbage ids, and vice versa
+        toks = near([f for f in self.of_kind("tokenizer") if (f.nbytes < TINY_TOKENIZER_MAX_BYTES) == spec.tiny])
         te = chosen.get("text_encoder")
         if te is not None and te.ident.has_spiece:
             chosen["tokenizer"] = te           # the tokenizer travels inside ComfyUI's umT5 files

@@ -69,9 +69,11 @@ def identify(infos: dict[str, TensorInfo]) -> Identity:
         return Identity("text_encoder", "official", prefixed, dtype, d_model=emb.shape[1], vocab_size=emb.shape[0],
                         has_spiece="spiece_model" in keys)
     if "decoder.middle.0.residual.0.gamma" in keys and "conv2.weight" in keys:
-        return Identity("vae", "official", prefixed, dtype, z_dim=keys["conv2.weight"].shape[0])
+        return Identity("vae", "official", prefixed, dtype, z_dim=keys["conv2.weight"].shape[0],
+                        extra=_vae_base(keys, "encoder.conv1.weight"))
     if "post_quant_conv.weight" in keys and "decoder.mid_block.resnets.0.norm1.gamma" in keys:
-        return Identity("vae", "diffusers", prefixed, dtype, z_dim=keys["post_quant_conv.weight"].shape[0])
+        return Identity("vae", "diffusers", prefixed, dtype, z_dim=keys["post_quant_conv.weight"].shape[0],
+                        extra=_vae_base(keys, "encoder.conv_in.weight"))
     return Identity("unknown", dtype=dtype)
 
 
@@ -89,3 +91,8 @@ def _dit(keys: dict[str, TensorInfo], prefixed: bool, dtype: str) -> Identity:
     return Identity("dit", "official" if official else "diffusers", prefixed, dtype,
                     arch=Arch(dim, ffn, layers, patch[1], out), text_dim=text[1], freq_dim=freq[1], has_img_emb=img,
                     extra={"patch_size": tuple(patch[2:])})
+
+
+def _vae_base(keys, conv_in: str) -> dict:
+    """The VAE's first conv width (96 for Wan2.1, 160 for Wan2.2, 8 for the tiny test VAEs)."""
+    return {"base_dim": keys[conv_in].shape[0]} if conv_in in keys else {}
