@@ -13,6 +13,8 @@ from wan_app.checkpoints import convert, download_missing, identify_file, load_c
 from wan_app.checkpoints.load import build_transformer
 from wan_app.errors import UserError
 
+from .support import mapped_ranges
+
 
 def copy_layout(tiny_root, layout: str, dst: Path) -> Path:
     shutil.copytree(tiny_root[layout].path, dst)
@@ -145,12 +147,7 @@ def test_loading_shares_memory_with_the_file_instead_of_copying(tmp_path):
     save_file(convert.dit_diffusers_to_official(model.state_dict()), str(path))
     assert path.stat().st_size > 10e6
     t = build_transformer(identify_file([path]), catalog.MODELS[tiny.T21], torch.float32)
-    maps = []
-    for line in open("/proc/self/maps"):
-        parts = line.split()
-        if len(parts) >= 6 and parts[5] == str(path):
-            lo, hi = (int(x, 16) for x in parts[0].split("-"))
-            maps.append((lo, hi))
+    maps = mapped_ranges(path)
     assert maps, "the checkpoint is not memory-mapped"
     params = list(t.parameters())
     inside = [p for p in params if any(lo <= p.data_ptr() < hi for lo, hi in maps)]

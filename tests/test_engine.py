@@ -12,7 +12,7 @@ import pytest
 import torch
 from diffusers import UniPCMultistepScheduler, WanPipeline
 
-from wan_app import events, tiny
+from wan_app import events
 from wan_app.engine import Engine
 from wan_app.hardware import Hardware
 from wan_app.media import probe, read_metadata, read_video

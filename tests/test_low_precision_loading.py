@@ -17,19 +17,11 @@ from wan_app.media import probe
 from wan_app.plan_types import Overrides
 from wan_app.request import Request
 
+from .support import mapped_ranges
+
 
 def files_of(tiny_root, layout, model_id=tiny.T21):
     return scan([tiny_root[layout].path]).resolve(model_id)
-
-
-def mapped_ranges(path):
-    spans = []
-    for line in open("/proc/self/maps"):
-        parts = line.split()
-        if len(parts) >= 6 and parts[5] == str(path):
-            lo, hi = (int(x, 16) for x in parts[0].split("-"))
-            spans.append((lo, hi))
-    return spans
 
 
 def dit_forward(model, seed=0):

@@ -649,7 +649,7 @@ def _reasons(hw, m: _Machine, spec, w, h, frames, c: _Choice, e: _Est, max_frame
         r.append(f"Device mps: Apple GPU sharing {m.ram_total:.1f} GB; {_gb(m.vram_budget)} usable by the GPU "
                  f"(Metal working-set limit); no block swap (memory is already shared); compute in bf16")
     else:
-        r.append(f"Device cpu: no GPU; compute in fp32; expect minutes per step at full size")
+        r.append("Device cpu: no GPU; compute in fp32; expect minutes per step at full size")
     r.append(f"RAM: {m.ram_total:.1f} GB; {_gb(m.ram_budget)} usable after what the system uses and a margin")
 
     half = "bf16" if m.kind == "cpu" else m.half
@@ -665,7 +665,7 @@ def _reasons(hw, m: _Machine, spec, w, h, frames, c: _Choice, e: _Est, max_frame
                  f"fp8 ({_gb(mg)}), {k} of {n} blocks swapped")
     else:
         r.append(f"{what} in {c.weight_dtype} is {_gb(mg)}" + (
-            f"; it fits on the card whole" if m.kind != "cpu" else "; held in RAM"))
+            "; it fits on the card whole" if m.kind != "cpu" else "; held in RAM"))
     if c.weight_dtype == "fp8":
         r.append("fp8 weights are upcast one layer at a time to " + m.compute + (
             "; this GPU also has fast fp8 matmul" if m.fp8_fast else
