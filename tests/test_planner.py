@@ -5,7 +5,7 @@ import itertools
 
 import pytest
 
-from wan_app import planner
+from wan_app import planner, sizes
 from wan_app.catalog import MODELS
 from wan_app.errors import UserError
 from wan_app.hardware import Hardware
@@ -26,9 +26,9 @@ RAMS = (16, 32, 64, 128)
 # ---- sizes counted from shapes agree with WAN_FACTS --------------------------------------------
 @pytest.mark.parametrize("spec, fp8_block_mib, params_b", [(M14, 335, 14.288), (M13, 44, 1.419), (M5, 156, 5.0)])
 def test_block_and_model_sizes_match_wan_facts(spec, fp8_block_mib, params_b):
-    assert planner.block_gb(spec.arch, "fp8") * 1e9 / MiB == pytest.approx(fp8_block_mib, abs=1.0)
-    assert planner.total_params(spec.arch) / 1e9 == pytest.approx(params_b, rel=0.002)
-    assert planner.total_params(spec.arch) == pytest.approx(spec.params, rel=0.002)
+    assert sizes.block_gb(spec.arch, "fp8") * 1e9 / MiB == pytest.approx(fp8_block_mib, abs=1.0)
+    assert sizes.total_params(spec.arch) / 1e9 == pytest.approx(params_b, rel=0.002)
+    assert sizes.total_params(spec.arch) == pytest.approx(spec.params, rel=0.002)
 
 
 def test_token_counts_match_wan_facts():
@@ -38,17 +38,17 @@ def test_token_counts_match_wan_facts():
 
 
 def test_fourteen_b_in_bf16_is_28_6_gb_and_both_a14b_experts_57_gb():
-    assert planner.model_gb(M14.arch, "bf16") == pytest.approx(28.6, abs=0.05)
-    assert 2 * planner.model_gb(A14.arch, "bf16") == pytest.approx(57.2, abs=0.1)
-    assert 2 * planner.model_gb(A14.arch, "fp8") == pytest.approx(28.6, abs=0.1)
+    assert sizes.model_gb(M14.arch, "bf16") == pytest.approx(28.6, abs=0.05)
+    assert 2 * sizes.model_gb(A14.arch, "bf16") == pytest.approx(57.2, abs=0.1)
+    assert 2 * sizes.model_gb(A14.arch, "fp8") == pytest.approx(28.6, abs=0.1)
 
 
 def test_vae_decode_peak_does_not_grow_with_frames_except_for_the_video_itself():
-    a = planner.vae_decode_gb(M14, 1280, 720, 81, tiled=False)
-    b = planner.vae_decode_gb(M14, 1280, 720, 161, tiled=False)
-    video_extra = planner.VIDEO_DEVICE_COPIES * 80 * 3 * 1280 * 720 * planner.VAE_BYTES / 1e9
+    a = sizes.vae_decode_gb(M14, 1280, 720, 81, tiled=False)
+    b = sizes.vae_decode_gb(M14, 1280, 720, 161, tiled=False)
+    video_extra = sizes.VIDEO_DEVICE_COPIES * 80 * 3 * 1280 * 720 * sizes.VAE_BYTES / 1e9
     assert b - a == pytest.approx(video_extra)
-    assert planner.vae_decode_gb(M14, 1280, 720, 81, tiled=True) < a
+    assert sizes.vae_decode_gb(M14, 1280, 720, 81, tiled=True) < a
 
 
 # ---- the table of simulated machines --------------------------------------------------------------
@@ -119,7 +119,7 @@ def test_1_3b_on_24_gb_is_all_resident_in_bf16():
     assert (p.device, p.compute_dtype, p.weight_dtype, p.blocks_swapped) == ("cuda:0", "bf16", "bf16", 0)
     sample = planner._sample_dev(planner._machine(Hardware.simulated(24, 64)), M13,
                                  planner._Choice("bf16", 0, True, "bf16", True, "both", "sdpa", False),
-                                 planner.activation_gb(M13, 32_760, "bf16", True))
+                                 sizes.activation_gb(M13, 32_760, "bf16", True))
     assert sample == pytest.approx(5.36, abs=0.02)
     # The umT5 encoder (11.4 GB + 0.3 work + 0.75 context = 12.4 GB) fits alone → on the GPU first.
     assert p.text_encoder_device == "cuda:0" and p.text_encoder_dtype == "bf16"
