@@ -146,6 +146,12 @@ def runnable_choices(statuses) -> list[tuple[str, str]]:
     return [(s.spec.name, s.spec.id) for s in statuses if s.runnable]
 
 
+def peak_text(p) -> str:
+    """The plan's estimated peaks; a CPU plan has no GPU figure to give."""
+    ram = f"{p.est_ram_gb:.1f} GB RAM"
+    return ram if p.device == "cpu" else f"{p.est_vram_gb:.1f} GB GPU, {ram}"
+
+
 def missing_markdown(statuses, models_dirs) -> str:
     """Which files each model still needs and where they go."""
     folders = ", ".join(f"`{d}`" for d in models_dirs)
@@ -196,7 +202,7 @@ def frames_limit(engine, spec: ModelSpec, width: int, height: int) -> tuple[int,
     if p.max_frames >= spec.frames:
         return spec.frames, f"{trained} This machine fits up to {p.max_frames} frames at {width}x{height}."
     return max(1, p.max_frames), (f"At {width}x{height} this machine fits at most {p.max_frames} frames "
-                                  f"(memory plan: {p.est_vram_gb:.1f} GB GPU, {p.est_ram_gb:.1f} GB RAM "
+                                  f"(memory plan: {peak_text(p)} "
                                   f"estimated). Lower the size for more frames, or use Extend.")
 
 

@@ -50,7 +50,7 @@ def plan_html(engine, model_id, size, frames) -> str:
             ("Text encoder", f"{p.text_encoder_device} ({p.text_encoder_dtype})"),
             ("Attention", p.attention_backend), ("VAE tiling", "on" if p.vae_tiling else "off"),
             ("Most frames at this size", str(p.max_frames)),
-            ("Estimated peak", f"{p.est_vram_gb:.1f} GB GPU, {p.est_ram_gb:.1f} GB RAM")]
+            ("Estimated peak", common.peak_text(p))]
     if spec.experts == 2:
         rows.append(("A14B experts in RAM", p.experts_resident))
     forced = set(p.forced or [])
