@@ -1,6 +1,6 @@
 """The real page in headless Chromium (Debian's `chromium` package, driven by Playwright): type a prompt,
 press Generate, watch the live preview change, get the video; a screenshot of every tab is kept in
-tests/artifacts/ and the README's screenshots are refreshed in docs/screenshots/."""
+tests/artifacts/ (and the README's in docs/screenshots/ with UPDATE_SCREENSHOTS=1)."""
 from __future__ import annotations
 
 import os
@@ -15,7 +15,9 @@ from tests.ui_app_runner import start_app
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "tests" / "artifacts"
-SCREENSHOTS = ROOT / "docs" / "screenshots"
+# The README's screenshots are rewritten only when asked (UPDATE_SCREENSHOTS=1), so a test run does not
+# dirty the tree; the same shots always go to tests/artifacts/.
+SCREENSHOTS = ROOT / "docs" / "screenshots" if os.environ.get("UPDATE_SCREENSHOTS") == "1" else ARTIFACTS
 CHROMIUM = os.environ.get("WAN_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
