@@ -326,3 +326,15 @@ def test_ti2v_image_conditioning_equals_diffusers_i2v_pipeline(tiny_root, tmp_pa
     # not vacuous: without the condition the same noise gives a different clip
     _, free = _drain(engine.denoise(prep, comps, placement, noise.clone(), cond, uncond))
     assert (free - ours).abs().max().item() > 1e-2
+
+
+def test_eta_counts_the_decode_once_it_has_been_measured(tiny_root, tmp_path):
+    """The first run cannot know how long decoding takes; the next one at the same size adds it."""
+    engine = Engine([tiny_root["diffusers-t2v"].path], tmp_path, hardware=CPU)
+    req = Request(model="tiny-wan2.1-t2v", prompt="x", frames=9, width=64, height=64, steps=3, seed=1)
+    last_eta = []
+    for _ in range(2):
+        evs = run_events(engine, req)
+        finished(evs)
+        last_eta.append([p.eta_s for p in only(evs, events.Progress) if p.phase == "sample"][-1])
+    assert last_eta[0] == 0 and last_eta[1] > 0

@@ -63,6 +63,7 @@ class Engine:
         self._components = None          # (key, Components)
         self._placement = None           # (key, Placement)
         self._embeds: OrderedDict = OrderedDict()
+        self._decode_seconds: dict[tuple, float] = {}      # last decode time per VAE, latent shape, tiling
         self._reload_text_encoder: Callable = lambda: None
         self._keep_text_encoder = True
         self._lock = threading.Lock()
@@ -275,6 +276,7 @@ class Engine:
         # plan.cfg_batched: cond and uncond as one batch of 2, so swapped blocks cross the bus once a step
         both = torch.cat([cond, uncond]) if plan.cfg_batched else None
         expert = None
+        decode_eta = self._decode_seconds.get(self._decode_key(comps, x), 0.0)
         t0 = time.perf_counter()
         n = schedule.steps
         for i, t in enumerate(schedule.timesteps):
@@ -306,7 +308,9 @@ class Engine:
                                  window=window)
             x = solver.step(v, t, x)
             elapsed = time.perf_counter() - t0
-            yield events.Progress("sample", i + 1, n, eta_s=elapsed / (i + 1) * (n - i - 1),
+            # ETA: the steps left, plus the VAE decode as long as it took last time at this size (on a
+            # consumer GPU decoding can take longer than sampling; unknown until measured once)
+            yield events.Progress("sample", i + 1, n, eta_s=elapsed / (i + 1) * (n - i - 1) + decode_eta,
                                   message=f"step {i + 1}/{n}", window=window)
         if inject is not None:
             x = inject(n, 0.0, x)
@@ -334,10 +338,17 @@ class Engine:
     def decode(self, comps, latents: torch.Tensor) -> np.ndarray:
         """VAE decode of z·std + mean (the sampler's latents are normalised), clamp to [−1, 1]."""
         vae = comps.vae
+        t0 = time.perf_counter()
         z = self.denormalize(vae, latents)
         video = vae.decode(z.to(vae.device, vae.dtype), return_dict=False)[0]
         video = video.float().clamp(-1, 1)[0]                     # [3, F, H, W]
-        return ((video + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).cpu().numpy()
+        frames = ((video + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).cpu().numpy()
+        self._decode_seconds[self._decode_key(comps, latents)] = time.perf_counter() - t0
+        return frames
+
+    @staticmethod
+    def _decode_key(comps, latents: torch.Tensor) -> tuple:
+        return comps.sources.get("vae"), tuple(latents.shape[1:]), bool(getattr(comps.vae, "use_tiling", False))
 
     @staticmethod
     def denormalize(vae, latents: torch.Tensor) -> torch.Tensor:
