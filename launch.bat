@@ -9,7 +9,17 @@ if not exist .venv\Scripts\python.exe (
   echo Creating .venv ...
   python -m venv .venv || (pause & exit /b 1)
 )
-if exist .venv\.installed-app goto run
+
+rem Later clicks start at once: the stamp holds the hash of requirements.txt that was installed.
+set "REQHASH="
+for /f "skip=1 tokens=* delims=" %%h in ('certutil -hashfile requirements.txt SHA256') do (
+  if not defined REQHASH set "REQHASH=%%h"
+)
+set "OLDHASH="
+if exist .venv\.installed-app set /p OLDHASH=<.venv\.installed-app
+if "%REQHASH%"=="%OLDHASH%" goto run
+
+.venv\Scripts\python -c "import torch" 2>nul && goto requirements
 rem PyPI's Windows torch wheels are CPU-only: with an NVIDIA GPU take the CUDA build from PyTorch's index.
 if not defined TORCH_INDEX_URL (
   where nvidia-smi >nul 2>nul && set TORCH_INDEX_URL=https://download.pytorch.org/whl/cu130
@@ -19,8 +29,10 @@ if defined TORCH_INDEX_URL (
 ) else (
   .venv\Scripts\python -m pip install torch==2.13.0 || (pause & exit /b 1)
 )
+:requirements
 .venv\Scripts\python -m pip install -r requirements.txt || (pause & exit /b 1)
-echo ok> .venv\.installed-app
+>.venv\.installed-app echo %REQHASH%
+
 :run
 .venv\Scripts\python app.py %*
 if errorlevel 1 pause
