@@ -111,6 +111,7 @@ def launch(args, configure_engine: Callable[[object], None] | None = None) -> in
     `configure_engine(engine)` runs before the page is built (the test launcher adds step hooks)."""
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)   # Gradio's own startup requests, not news
     from wan_app import outputs
     from wan_app.engine import Engine
 
