@@ -1,6 +1,7 @@
 """Finding, identifying and loading checkpoints: the cases a user's models folder really has."""
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -192,3 +193,128 @@ def test_tiny_demo_parts_never_stand_in_for_a_real_models_parts(tiny_root):
         assert "diffusion model" in text and "umT5-xxl text encoder" in text and "VAE" in text
         assert "Unusable" not in text
     assert {tiny.T21, tiny.A14, tiny.TI2V} <= set(inv.runnable_ids())
+
+
+# ---- found but unsupported, folder problems, the inventory cache ---------------------------------------
+
+def test_an_i2v_14b_file_is_reported_found_and_unsupported_with_its_shape(tmp_path):
+    from .sparse_checkpoints import wan_dit_tensors, write_header_only
+    dit = write_header_only(tmp_path / "diffusion_models" / "wan2.1_i2v_720p_14B_fp8_e4m3fn.safetensors",
+                            wan_dit_tensors(5120, 13824, 40, in_ch=36, img_emb=True))
+    inv = scan([tmp_path])
+    [f] = inv.unsupported()
+    assert f.path == dit and f.kind == "dit"
+    assert f.problem == "Wan DiT dim 5120, 40 layers, in_channels 36 — image-to-video, not supported yet"
+    assert f.problem in inv.problems()
+    # the models of that size say the file is there and what it is, before what they still need
+    st = status_of(inv, "wan2.1-t2v-14b")
+    assert st.missing[0] == f"Found {dit}, but it is a Wan DiT dim 5120, 40 layers, in_channels 36 — image-to-video, not supported yet."
+    # other sizes do not mention it
+    assert not any(m.startswith("Found") for m in status_of(inv, "wan2.1-t2v-1.3b").missing)
+
+
+def test_a_dit_of_an_unknown_shape_is_not_silently_ignored(tmp_path):
+    from .sparse_checkpoints import wan_dit_tensors, write_header_only
+    write_header_only(tmp_path / "odd_dit.safetensors", wan_dit_tensors(2048, 8192, 24, in_ch=16))
+    [f] = scan([tmp_path]).unsupported()
+    assert "Wan DiT dim 2048, 24 layers, in_channels 16" in f.problem and "not supported yet" in f.problem
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda p: p / "none", "does not exist"),
+    (lambda p: (p / "notes.txt", (p / "notes.txt").write_text("x"))[0], "is a file, not a folder"),
+])
+def test_a_models_folder_that_is_not_one_is_named_as_the_problem(tmp_path, make, words):
+    bad = make(tmp_path)
+    inv = scan([bad])
+    assert len(inv.folder_problems) == 1 and str(bad) in inv.folder_problems[0] and words in inv.folder_problems[0]
+    assert inv.folder_problems[0] in inv.problems()
+
+
+def test_an_unlistable_subfolder_is_named_and_the_rest_still_scans(tiny_root, tmp_path, monkeypatch):
+    root = copy_layout(tiny_root, "comfyui-fp16", tmp_path / "models")
+    (root / "loras").mkdir()
+    real_scandir = os.scandir
+
+    def scandir(p):     # (the tests may run as root, which ignores permission bits)
+        if Path(p).name == "loras":
+            raise PermissionError(13, "Permission denied", str(p))
+        return real_scandir(p)
+    monkeypatch.setattr("wan_app.checkpoints.survey.os.scandir", scandir)
+    inv = scan([root])
+    assert inv.folder_problems == [f"folder {root / 'loras'} cannot be listed: permission denied"]
+    assert tiny.T21 in inv.runnable_ids()
+
+
+def test_a_symlinked_folder_is_followed_and_a_folder_loop_ends(tiny_root, tmp_path):
+    real = copy_layout(tiny_root, "comfyui-fp16", tmp_path / "elsewhere")
+    root = tmp_path / "models"
+    root.mkdir()
+    (root / "wan").symlink_to(real)              # ComfyUI users link big folders from other drives
+    (real / "vae" / "back").symlink_to(root)     # and a loop back up
+    inv = scan([root])
+    assert tiny.T21 in inv.runnable_ids()
+    assert len([f for f in inv.files if f.kind == "dit"]) == 1
+
+
+def count_header_reads(monkeypatch) -> list:
+    from wan_app.checkpoints import discover
+    reads = []
+    real = discover.read_header
+
+    def counting(p):
+        reads.append(Path(p).name)
+        return real(p)
+    monkeypatch.setattr(discover, "read_header", counting)
+    return reads
+
+
+def test_the_cached_inventory_reads_no_header_again_while_nothing_changed(tiny_root, tmp_path, monkeypatch):
+    from wan_app.checkpoints import InventoryCache
+    root = copy_layout(tiny_root, "comfyui-fp16", tmp_path / "models")
+    reads = count_header_reads(monkeypatch)
+    cache = InventoryCache()
+    first = cache.get([root])
+    n = len(reads)
+    assert n == 3                                   # DiT, umT5, VAE
+    assert cache.get([root]) is first and len(reads) == n
+
+
+def test_the_cached_inventory_notices_a_new_file_and_reads_only_that_one(tiny_root, tmp_path, monkeypatch):
+    from wan_app.checkpoints import InventoryCache
+    root = copy_layout(tiny_root, "comfyui-fp16", tmp_path / "models")
+    cache = InventoryCache()
+    assert tiny.TI2V not in cache.get([root]).runnable_ids()
+    reads = count_header_reads(monkeypatch)
+    added = []
+    for sub in ("diffusion_models", "vae"):
+        for f in (tiny_root["comfyui-ti2v"].path / sub).iterdir():
+            shutil.copy(f, root / sub / f.name)
+            added.append(f.name)
+    inv = cache.get([root])
+    assert tiny.TI2V in inv.runnable_ids()
+    assert sorted(reads) == sorted(added) and len(added) == 2
+
+
+def test_the_cached_inventory_notices_a_file_replaced_in_place(tiny_root, tmp_path):
+    from wan_app.checkpoints import InventoryCache
+    root = copy_layout(tiny_root, "comfyui-fp16", tmp_path / "models")
+    cache = InventoryCache()
+    assert tiny.T21 in cache.get([root]).runnable_ids()
+    dit = next((root / "diffusion_models").iterdir())
+    data = dit.read_bytes()
+    with open(dit, "r+b") as f:                     # same name, same folder mtime: only the file changed
+        f.truncate(len(data) - 1000)
+    inv = cache.get([root])
+    assert tiny.T21 not in inv.runnable_ids() and any("truncated" in p for p in inv.problems())
+
+
+def test_scan_cached_refresh_reads_every_header_again(tiny_root, tmp_path, monkeypatch):
+    from wan_app.checkpoints import scan_cached
+    root = copy_layout(tiny_root, "comfyui-fp16", tmp_path / "models")
+    scan_cached([root])
+    reads = count_header_reads(monkeypatch)
+    scan_cached([root])
+    assert reads == []
+    scan_cached([root], refresh=True)
+    assert len(reads) == 3

@@ -2,24 +2,26 @@
 
 Only headers are read (safetensors JSON; `.pth` through a lazy mmap), so scanning 50 GB of models takes
 well under a second per file. A ComfyUI models folder (diffusion_models/, text_encoders/, vae/), the
-official Wan-AI folders and diffusers folders (model_index.json) all work as they are.
+official Wan-AI folders and diffusers folders (model_index.json) all work as they are. Odd entries
+(see survey.py) and files that are not Wan weights each get a problem line; they never end the scan.
+
+`scan(dirs)` reads every header; `scan_cached(dirs)` lists and stats the folders and reads only the
+headers of files that changed since the last call, so a Generate does not re-read a folder of LoRAs.
 """
 from __future__ import annotations
 
 import os
-import re
-from dataclasses import dataclass, field
+import threading
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .. import catalog
 from ..catalog import ModelSpec
 from ..errors import UserError
 from .headers import read_header
-from .identify import Identity, identify
+from .identify import Identity, identify, unsupported_reason
 
-WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".ckpt")
-_SHARD = re.compile(r"^(.+)-\d{5}-of-\d{5}\.safetensors$")
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "spiece.model")
+from .survey import SHARD as _SHARD, TOKENIZER_FILES as _TOKENIZER_FILES, WEIGHT_SUFFIXES, Entry, Survey, survey  # noqa: F401
 
 
 @dataclass
@@ -33,6 +35,7 @@ class FoundFile:
     ident: Identity | None = None
     paths: list[Path] = field(default_factory=list)   # the files to read (shards)
     nbytes: int = 0
+    unsupported: str | None = None               # a Wan DiT no catalog model has: its shape, in words
 
     @property
     def arch(self):
@@ -137,42 +140,86 @@ def identify_file(paths: list[Path], shown: Path | None = None) -> FoundFile:
     found = FoundFile(shown, ident.kind, _layout(ident, shown), ident.dtype, None, problem, ident, list(paths),
                       sum(t.nbytes for t in infos.values()))
     if ident.kind == "unknown" and not problem:
-        found.problem = (f"{shown}: no Wan tensors found (not a Wan DiT, umT5 text encoder or Wan VAE) — "
+        found.problem = (f"{shown}: {ident.problem}" if ident.problem else
+                         f"{shown}: no Wan tensors found (not a Wan DiT, umT5 text encoder or Wan VAE) — "
                          "remove it from the models folder or ignore this line")
     if ident.kind == "dit":
         found.expert = _expert(shown)
+        found.unsupported = unsupported_reason(ident, bool(catalog.specs_for_arch(ident.arch)))
+        if found.unsupported and not problem:
+            found.problem = found.unsupported
     return found
 
 
 def scan(dirs: list[Path]) -> "Inventory":
+    """Every models folder walked and every header read, now (the Rescan button)."""
+    return _inventory(dirs, survey([Path(d) for d in dirs]), {})
+
+
+def _inventory(dirs, sv: Survey, known: dict) -> "Inventory":
+    """Build the Inventory of a survey; `known` maps an entry's (paths, stamp) to a FoundFile identified
+    before, and is filled with what is identified now."""
     files: list[FoundFile] = []
-    for root in dirs:
-        root = Path(root).expanduser()
-        if root.is_file():
-            files.append(identify_file([root]))
-            continue
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            here = Path(dirpath)
-            if "model_index.json" in filenames:
-                files.append(FoundFile(here, "diffusers", "diffusers"))
-            if any(f in filenames for f in _TOKENIZER_FILES):
-                vocab_bytes = max((here / f).stat().st_size for f in _TOKENIZER_FILES[::2] if f in filenames) \
-                    if any(f in filenames for f in _TOKENIZER_FILES[::2]) else 0
-                files.append(FoundFile(here, "tokenizer", "diffusers" if here.name == "tokenizer" else "official",
-                                       nbytes=vocab_bytes))
-            shards: dict[str, list[Path]] = {}
-            for name in sorted(filenames):
-                if not name.endswith(WEIGHT_SUFFIXES) or name.startswith("."):
-                    continue
-                if m := _SHARD.match(name):
-                    shards.setdefault(m.group(1), []).append(here / name)
-                else:
-                    files.append(identify_file([here / name]))
-            for stem, parts in shards.items():
-                index = here / f"{stem}.safetensors.index.json"
-                files.append(identify_file(parts, index if index.exists() else parts[0]))
-    return Inventory(files, Path(dirs[0]) if dirs else None)
+    for e in sv.entries:
+        if e.kind == "weights":
+            key = (e.shown, e.paths, e.stamp)
+            f = known.get(key)
+            if f is None:
+                f = known[key] = identify_file(list(e.paths), e.shown)
+            elif f.ident is not None:
+                # expert and layout also depend on the folders around the file (transformer_2/, config.json)
+                f = replace(f, layout=_layout(f.ident, f.path),
+                            expert=_expert(f.path) if f.kind == "dit" else None)
+            files.append(f)
+        elif e.kind == "diffusers":
+            files.append(FoundFile(e.shown, "diffusers", "diffusers"))
+        elif e.kind == "tokenizer":
+            files.append(FoundFile(e.shown, "tokenizer", "diffusers" if e.shown.name == "tokenizer" else "official",
+                                   problem=e.problem, nbytes=e.vocab_bytes))
+        else:
+            files.append(FoundFile(e.shown, "unknown", problem=e.problem))
+    return Inventory(files, Path(dirs[0]).expanduser() if dirs else None, list(sv.folder_problems))
+
+
+class InventoryCache:
+    """The last Inventory per list of folders, reused while a survey of those folders (names, sizes,
+    mtimes, inodes) is unchanged; when something changed, only new or changed files are read again.
+
+    A survey is one scandir per folder and one stat per entry: milliseconds for a ComfyUI folder with a
+    thousand files, against a header read (and for .pth a zip parse) per file for a full scan."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        # dirs -> (fingerprint, inventory, {(shown, paths, stamp): identified file})
+        self._last: dict[tuple, tuple[tuple, Inventory, dict]] = {}
+
+    def get(self, dirs: list[Path], refresh: bool = False) -> "Inventory":
+        dkey = tuple(str(Path(d).expanduser()) for d in dirs)
+        sv = survey([Path(d) for d in dirs])
+        fp = sv.fingerprint()
+        with self._lock:
+            last = self._last.get(dkey)
+        if last is not None and last[0] == fp and not refresh:
+            return last[1]
+        known = {} if refresh or last is None else dict(last[2])
+        inv = _inventory(dirs, sv, known)
+        live = {(e.shown, e.paths, e.stamp) for e in sv.entries if e.kind == "weights"}
+        with self._lock:     # only files still there are remembered: the cache stays the size of the folders
+            self._last[dkey] = (fp, inv, {k: v for k, v in known.items() if k in live})
+        return inv
+
+    def clear(self) -> None:
+        with self._lock:
+            self._last.clear()
+
+
+_CACHE = InventoryCache()
+
+
+def scan_cached(dirs: list[Path], refresh: bool = False) -> "Inventory":
+    """`scan(dirs)`, but the same Inventory as last time when nothing in those folders changed (see
+    InventoryCache). refresh=True reads every header again, like `scan`."""
+    return _CACHE.get(dirs, refresh=refresh)
 
 
 def _closeness(a: Path, b: Path) -> int:
@@ -194,9 +241,11 @@ def _tiny_vae(f: FoundFile) -> bool:
 
 
 class Inventory:
-    def __init__(self, files: list[FoundFile], root: Path | None = None):
+    def __init__(self, files: list[FoundFile], root: Path | None = None, folder_problems: list[str] | None = None):
         self.files = files
         self.root = root                  # the first models folder: where missing files should go
+        # models folders that are missing, unreadable or not folders, one sentence each
+        self.folder_problems: list[str] = list(folder_problems or [])
 
     def _here(self, sentence: str) -> str:
         return sentence.replace("<models>", str(self.root)) if self.root else sentence
@@ -205,7 +254,12 @@ class Inventory:
         return [f for f in self.files if f.kind == kind]
 
     def problems(self) -> list[str]:
-        return [f.problem for f in self.files if f.problem]
+        """Every problem line: the folders first, then each file that is skipped."""
+        return self.folder_problems + [f.problem for f in self.files if f.problem]
+
+    def unsupported(self) -> list[FoundFile]:
+        """Wan DiTs that were found but match no model of the catalog (e.g. image-to-video)."""
+        return [f for f in self.files if f.unsupported]
 
     # -- matching -------------------------------------------------------------------------------
     def _dits(self, spec: ModelSpec, expert: str | None) -> list[FoundFile]:
@@ -230,6 +284,9 @@ class Inventory:
             if good:
                 chosen[role] = good[0]
             else:
+                # a DiT of this model's size that is another kind of model: say it was found, and what it is
+                missing += [f"Found {f.path}, but it is a {f.unsupported}." for f in self.unsupported()
+                            if f.arch.dim == spec.arch.dim and f.arch.num_layers == spec.arch.num_layers]
                 what = f"the {expert}-noise expert of {spec.name}" if expert else f"the {spec.name} diffusion model"
                 fix = ("run `python -m wan_app.tiny <models>` to write the tiny test models" if spec.tiny else
                        f"put {_where(spec, 'diffusion_models', 'its file', expert)} (or a diffusers folder: {spec.diffusers_repo})")
@@ -270,7 +327,8 @@ class Inventory:
             missing.append(f"Missing the {spec.vae.capitalize()} VAE: put {_where(spec, 'vae', vae_file)}.")
 
         # a tiny test tokenizer (64 pieces) would turn a real prompt into garbage ids, and vice versa
-        toks = near([f for f in self.of_kind("tokenizer") if (f.nbytes < TINY_TOKENIZER_MAX_BYTES) == spec.tiny])
+        toks = near([f for f in self.of_kind("tokenizer") if (f.nbytes < TINY_TOKENIZER_MAX_BYTES) == spec.tiny
+                     and not f.problem])
         te = chosen.get("text_encoder")
         if te is not None and te.ident.has_spiece:
             chosen["tokenizer"] = te           # the tokenizer travels inside ComfyUI's umT5 files

@@ -31,6 +31,7 @@ class Identity:
     has_spiece: bool = False     # umT5 file with the tokenizer inside (ComfyUI)
     z_dim: int | None = None     # VAE latent channels: 16 (Wan2.1) or 48 (Wan2.2)
     extra: dict = field(default_factory=dict)
+    problem: str | None = None   # names that look like a Wan part whose shapes do not fit together
 
 
 def strip_prefix(infos: dict[str, TensorInfo]) -> tuple[dict[str, TensorInfo], bool]:
@@ -58,6 +59,17 @@ def weight_dtype(infos: dict[str, TensorInfo]) -> str:
 def identify(infos: dict[str, TensorInfo]) -> Identity:
     keys, prefixed = strip_prefix(infos)
     dtype = weight_dtype(keys)
+    try:
+        return _identify(keys, prefixed, dtype)
+    except (KeyError, ValueError, IndexError, TypeError, ZeroDivisionError) as e:
+        # A file with some Wan names but missing tensors or odd ranks (a partial export, a merge gone wrong):
+        # say so for this one file instead of failing the scan of the whole folder.
+        what = f"{type(e).__name__}: {e}"[:200]
+        return Identity("unknown", dtype=dtype, problem=f"its tensor names look like a Wan model, but its tensors "
+                                                       f"do not fit together ({what})")
+
+
+def _identify(keys: dict[str, TensorInfo], prefixed: bool, dtype: str) -> Identity:
     if "head.modulation" in keys or "scale_shift_table" in keys and "proj_out.weight" in keys:
         return _dit(keys, prefixed, dtype)
     if ("shared.weight" in keys or "encoder.embed_tokens.weight" in keys) and "encoder.final_layer_norm.weight" in keys:
@@ -88,11 +100,37 @@ def _dit(keys: dict[str, TensorInfo], prefixed: bool, dtype: str) -> Identity:
     text = keys[name("text_embedding.0.weight", "condition_embedder.text_embedder.linear_1.weight")].shape
     freq = keys[name("time_embedding.0.weight", "condition_embedder.time_embedder.linear_1.weight")].shape
     img = any(k.startswith(name("img_emb.", "condition_embedder.image_embedder.")) for k in keys)
+    vace = any(k.startswith("vace_") for k in keys)
     return Identity("dit", "official" if official else "diffusers", prefixed, dtype,
                     arch=Arch(dim, ffn, layers, patch[1], out), text_dim=text[1], freq_dim=freq[1], has_img_emb=img,
-                    extra={"patch_size": tuple(patch[2:])})
+                    extra={"patch_size": tuple(patch[2:]), "vace": vace})
 
 
 def _vae_base(keys, conv_in: str) -> dict:
     """The VAE's first conv width (96 for Wan2.1, 160 for Wan2.2, 8 for the tiny test VAEs)."""
     return {"base_dim": keys[conv_in].shape[0]} if conv_in in keys else {}
+
+
+# What a Wan DiT shape that no catalog entry has most likely is, so the models list can say it in words.
+# Image-to-video and first-last-frame models take 16 noise + 4 mask + 16 image latent channels = 36
+# (Wan2.1 I2V/FLF2V 14B, Wan2.2 I2V A14B); Wan2.1 I2V also carries a CLIP image embedder (img_emb).
+I2V_IN_CHANNELS = 36
+
+
+def dit_shape_text(ident: Identity) -> str:
+    a = ident.arch
+    return f"Wan DiT dim {a.dim}, {a.num_layers} layers, in_channels {a.in_channels}"
+
+
+def unsupported_reason(ident: Identity, known: bool) -> str | None:
+    """None for a DiT this app can run (`known`: a catalog entry has its shape); else one sentence with its
+    shape and what it probably is."""
+    if ident.kind != "dit" or (known and not ident.has_img_emb):
+        return None
+    if ident.has_img_emb or ident.arch.in_channels == I2V_IN_CHANNELS:
+        what = "image-to-video"
+    elif ident.extra.get("vace"):
+        what = "a VACE (control) model"
+    else:
+        what = "a shape no model in this app's catalog has"
+    return f"{dit_shape_text(ident)} — {what}, not supported yet"
