@@ -9,6 +9,7 @@ library), the official umT5 `.pth` map, and the inverse maps the tiny-model writ
 from __future__ import annotations
 
 import re
+from typing import Callable
 
 import torch
 
@@ -18,12 +19,20 @@ _MARKERS = {"scaled_fp8", "spiece_model"}
 
 
 # ---------------------------------------------------------------------------------------------- fp8
-def dequantize(sd: dict[str, torch.Tensor], dtype: torch.dtype, ignore_scales: bool = False) -> dict[str, torch.Tensor]:
+def _dtype_fn(dtype) -> Callable[[str], torch.dtype]:
+    return (lambda _k: dtype) if isinstance(dtype, torch.dtype) else dtype
+
+
+def dequantize(sd: dict[str, torch.Tensor], dtype: torch.dtype | Callable[[str], torch.dtype],
+               ignore_scales: bool = False) -> dict[str, torch.Tensor]:
     """fp8 weights -> `dtype`; scaled fp8: weight · scale_weight (diffusers alone would drop the scales).
 
-    Tensors already in `dtype` are passed through untouched, so they stay backed by the file's mmap.
+    `dtype` is one dtype, or a function of the key giving each tensor its own (a model stored in bf16
+    keeps its `_keep_in_fp32_modules` in fp32). Tensors already in their dtype are passed through
+    untouched, so they stay backed by the file's mmap; the others are converted one at a time.
     `ignore_scales` reproduces what a loader unaware of the scales does (tests show it is far off).
     """
+    want = _dtype_fn(dtype)
     out: dict[str, torch.Tensor] = {}
     for k, v in sd.items():
         if k in _MARKERS or k.endswith(_DROP_SUFFIXES):
@@ -33,20 +42,22 @@ def dequantize(sd: dict[str, torch.Tensor], dtype: torch.dtype, ignore_scales: b
             s = scale.to(torch.float32)
             if s.ndim == 1 and v.ndim > 1:          # per-output-channel scales, should a file use them
                 s = s.view(-1, *([1] * (v.ndim - 1)))
-            out[k] = (v.to(torch.float32) * s).to(dtype)
-        elif v.dtype != dtype and v.is_floating_point():
-            out[k] = v.to(dtype)
+            out[k] = (v.to(torch.float32) * s).to(want(k))
+        elif v.is_floating_point() and v.dtype != want(k):
+            out[k] = v.to(want(k))
         else:
             out[k] = v
     return out
 
 
-def keep_fp8(sd: dict[str, torch.Tensor], is_linear, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def keep_fp8(sd: dict[str, torch.Tensor], is_linear,
+             dtype: torch.dtype | Callable[[str], torch.dtype]) -> dict[str, torch.Tensor]:
     """For an fp8 plan: the linear weights selected by `is_linear(key)` become `<layer>.weight` (fp8) +
     `<layer>.weight_scale` (0-d f32), as wan_app.fp8.ScaledFp8Linear stores them. fp8 file weights are
     kept as they are, mmap-backed, with the file's scale (1 for plain fp8 files); 16/32-bit ones are
-    quantized one tensor at a time. Everything else goes through `dequantize`. So planning fp8 never
-    makes a full-precision copy of the model (a 14B expert in bf16: 28.6 GB of RAM)."""
+    quantized one tensor at a time. Everything else goes through `dequantize` (into `dtype`, one dtype
+    or a function of the key). So planning fp8 never makes a full-precision copy of the model (a 14B
+    expert in bf16: 28.6 GB of RAM)."""
     from ..fp8 import FP8, quantize
     lin = {k for k, v in sd.items() if k.endswith(".weight") and v.ndim == 2 and is_linear(k)}
     out = dequantize({k: v for k, v in sd.items() if k not in lin}, dtype)

@@ -121,18 +121,55 @@ def transformer_config(ident, head_dim: int) -> dict:
                 eps=1e-6, image_dim=None, added_kv_proj_dim=None, rope_max_seq_len=1024)
 
 
+# Plan names of the storage dtypes (wan_app.plan_types.DTYPES), so the engine can pass plan.weight_dtype.
+STORAGE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _storage(storage_dtype, compute: torch.dtype, fp8: bool) -> tuple[torch.dtype | None, bool]:
+    """(dtype of the non-fp8 parameters or None for "all in `compute`, as before", fp8)."""
+    if storage_dtype is None:
+        return None, fp8
+    if storage_dtype == "fp8":
+        return compute, True
+    if isinstance(storage_dtype, str):
+        if storage_dtype not in STORAGE_DTYPES:
+            raise UserError("weight_dtype", f"{storage_dtype!r} is not a storage dtype",
+                            "use one of " + ", ".join([*STORAGE_DTYPES, "fp8"]))
+        storage_dtype = STORAGE_DTYPES[storage_dtype]
+    # fp8 storage keeps everything but the block linears in the compute dtype (as wan_app.memory does)
+    return (compute if fp8 else storage_dtype), fp8
+
+
+def param_dtype(name: str, storage: torch.dtype, keep_fp32) -> torch.dtype:
+    """The dtype wan_app.memory._cast_params gives parameter `name` of a model stored in `storage`: its
+    `_keep_in_fp32_modules` (substring match on the full name, as there) stay fp32. Loading in these
+    dtypes makes apply_plan's cast a no-op, so no second copy of the model is ever made."""
+    return torch.float32 if storage != torch.float32 and any(k in name for k in keep_fp32) else storage
+
+
 def build_transformer(found, spec: ModelSpec, dtype: torch.dtype = torch.float32, ignore_scales: bool = False,
-                      fp8: bool = False):
-    """fp8=True: the block linears are stored as fp8 + scale (the plan's fp8 storage) without ever being
-    dequantized as a whole; the rest is in `dtype`."""
+                      fp8: bool = False, storage_dtype: str | torch.dtype | None = None):
+    """One DiT, built tensor by tensor in its storage dtype from the file's mmap.
+
+    `dtype` is the compute dtype. `storage_dtype` is the plan's weight dtype ("fp32" / "bf16" / "fp16" /
+    "fp8", or a torch dtype): parameters are created in it, `_keep_in_fp32_modules` in fp32, exactly as
+    memory.apply_plan would cast them; a tensor already in its dtype stays memory-mapped. "fp8" (or
+    fp8=True) keeps the block linears as fp8 + scale without ever dequantizing them as a whole, and
+    the rest in `dtype`. storage_dtype=None builds every parameter in `dtype` (the older contract).
+    """
     from diffusers import WanTransformer3DModel
+    storage, fp8 = _storage(storage_dtype, dtype, fp8)
+    keep = list(WanTransformer3DModel._keep_in_fp32_modules or []) if storage is not None else []
+    want = lambda k: param_dtype(k, storage if storage is not None else dtype, keep)  # noqa: E731
     raw = open_tensors(found.paths)
-    if fp8:
-        sd = convert.keep_fp8(raw, lambda k: k.startswith("blocks."), dtype)
-    else:
-        sd = convert.dequantize(raw, dtype, ignore_scales=ignore_scales)
     if found.ident.naming == "official":
-        sd = convert.dit_official_to_diffusers(sd)
+        # renaming first (it reads no tensor) lets the dtype rule see the diffusers names it is written for
+        raw = convert.dit_official_to_diffusers(raw)
+    if fp8:
+        sd = convert.keep_fp8(raw, lambda k: k.startswith("blocks."), want)
+    else:
+        sd = convert.dequantize(raw, want, ignore_scales=ignore_scales)
+    del raw
     ident = found.ident
     ident.extra["cross_attn_norm"] = "blocks.0.norm2.weight" in sd
     return _assign(WanTransformer3DModel, transformer_config(ident, spec.arch.head_dim), sd, str(found.path),
@@ -140,33 +177,64 @@ def build_transformer(found, spec: ModelSpec, dtype: torch.dtype = torch.float32
 
 
 def load_transformer(files, which: str = "only", dtype: torch.dtype = torch.float32, ignore_scales: bool = False,
-                     fp8: bool = False):
-    """One DiT: "only" / "high" -> files.transformer, "low" -> files.transformer_2 (A14B, one at a time)."""
+                     fp8: bool = False, storage_dtype: str | torch.dtype | None = None):
+    """One DiT: "only" / "high" -> files.transformer, "low" -> files.transformer_2 (A14B, one at a time).
+    `dtype`: compute dtype; `storage_dtype`: the plan's weight dtype (see build_transformer)."""
     if which not in ("only", "high", "low"):
         raise UserError("which", f"'{which}' is not an expert", "use 'only', 'high' or 'low'")
     found = files.transformer_2 if which == "low" else files.transformer
     if found is None:
         raise UserError("which", f"{files.spec.name} has no '{which}' expert", "use 'only' or 'high'")
-    return build_transformer(found, files.spec, dtype, ignore_scales, fp8)
+    return build_transformer(found, files.spec, dtype, ignore_scales, fp8, storage_dtype)
 
 
 # ---------------------------------------------------------------------------------------------- umT5
 # UMT5 casts its hidden states to `wo`'s dtype before `wo` (transformers keeps `wo` in fp32 for that
-# reason), so in fp8 storage `wo` stays in the compute dtype: ~1 GB more than the 6.7 GB fp8 file.
+# reason), so in fp8 storage `wo` is not fp8: it is dequantized into the compute dtype (fp32 when that is
+# fp16, see below).
 _TE_FP8_SKIP = ("wo",)
+_SIXTEEN_BIT = (torch.float16, torch.bfloat16)
+
+
+def _te_dtypes(sd: dict[str, torch.Tensor], dtype: torch.dtype, fp8: bool):
+    """Each umT5 tensor's dtype. `wo` is fp32 under fp16 compute: T5's feed-forward output overflows fp16,
+    so transformers keeps it there (UMT5PreTrainedModel._keep_in_fp32_modules), which assigning a state
+    dict would bypass. In fp8 storage the 256k×4096 embedding keeps the file's 16-bit dtype: it stays
+    memory-mapped (2.1 GB of clean file pages instead of 4.2 GB of fp32 copy on a CPU) and only the rows
+    a prompt looks up are cast (see _cast_embedding_output)."""
+    wo_fp32 = dtype == torch.float16
+
+    def want(k: str) -> torch.dtype:
+        if wo_fp32 and k.endswith(".DenseReluDense.wo.weight"):
+            return torch.float32
+        if fp8 and k == "shared.weight" and sd[k].dtype in _SIXTEEN_BIT:
+            return sd[k].dtype
+        return dtype
+    return want
+
+
+def _cast_embedding_output(model, dtype: torch.dtype) -> None:
+    """The encoder then runs in `dtype` although its embedding table is stored in another 16-bit dtype."""
+    model.encoder.embed_tokens.register_forward_hook(lambda _m, _args, out: out.to(dtype))
 
 
 def build_text_encoder(found, dtype: torch.dtype = torch.float32, fp8: bool = False):
-    """fp8=True: the encoder blocks' linears (all but `wo`) stay fp8 + scale, as the plan counts them."""
+    """umT5 in `dtype` (its compute dtype). fp8=True: the encoder blocks' linears (all but `wo`) stay
+    fp8 + scale and memory-mapped, the embedding stays in the file's 16-bit dtype, memory-mapped too;
+    `wo`, the norms and the position biases are in `dtype`."""
     from transformers import UMT5Config, UMT5EncoderModel
     sd = open_tensors(found.paths)
     if found.ident.naming == "official":
         sd = convert.umt5_official_to_hf(sd)
+    tied = sd.pop("encoder.embed_tokens.weight", None)     # tied to shared.weight: never convert it twice
+    if tied is not None:
+        sd.setdefault("shared.weight", tied)
+    want = _te_dtypes(sd, dtype, fp8)
     if fp8:
         sd = convert.keep_fp8(sd, lambda k: k.startswith("encoder.block.") and "relative_attention_bias" not in k
-                              and not k.endswith(tuple(f".{n}.weight" for n in _TE_FP8_SKIP)), dtype)
+                              and not k.endswith(tuple(f".{n}.weight" for n in _TE_FP8_SKIP)), want)
     else:
-        sd = convert.dequantize(sd, dtype)
+        sd = convert.dequantize(sd, want)
     sd = convert.umt5_hf_complete(sd)
     vocab, d_model = sd["shared.weight"].shape
     layers = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("encoder.block."))
@@ -182,13 +250,8 @@ def build_text_encoder(found, dtype: torch.dtype = torch.float32, fp8: bool = Fa
     model = _assign(UMT5EncoderModel, config, sd, str(found.path), from_config=False,
                     fp8_under=(lambda m: m.encoder.block) if fp8 else None, fp8_skip=_TE_FP8_SKIP)
     model.encoder.embed_tokens.weight = model.shared.weight    # assign=True made two Parameters of one tensor
-    if dtype == torch.float16:
-        # T5's feed-forward output overflows fp16; transformers keeps `wo` in fp32 for that
-        # (UMT5PreTrainedModel._keep_in_fp32_modules), which assigning a state dict bypasses.
-        for block in model.encoder.block:
-            wo = block.layer[1].DenseReluDense.wo
-            if type(wo) is torch.nn.Linear:
-                wo.to(torch.float32)
+    if model.shared.weight.dtype != dtype:
+        _cast_embedding_output(model, dtype)
     return model
 
 
@@ -243,21 +306,37 @@ def load_tokenizer(found):
                 return tokenizer_from_spm((folder / "spiece.model").read_bytes())
             raise UserError("tokenizer", f"the tokenizer in {folder} cannot be read ({type(e).__name__}: {e})",
                             "put the google/umt5-xxl tokenizer files (tokenizer.json, tokenizer_config.json) there") from None
-    sd = open_tensors(found.paths)
-    return tokenizer_from_spm(sd["spiece_model"].numpy().tobytes())
+    return tokenizer_from_spm(read_spiece(found.paths))
+
+
+def read_spiece(paths: list[Path]) -> bytes:
+    """The sentencepiece bytes ComfyUI stores in its umT5 file (4.5 MB of a 6.7 GB file): that one
+    tensor is read, nothing else of the file is touched."""
+    from safetensors import safe_open
+    for p in paths:
+        if Path(p).suffix != ".safetensors":
+            continue
+        with safe_open(str(p), framework="pt") as f:
+            key = next((k for k in f.keys() if k.removeprefix(COMFY_PREFIX) == "spiece_model"), None)
+            if key is not None:
+                return f.get_tensor(key).numpy().tobytes()
+    raise UserError("tokenizer", f"{paths[0]} carries no tokenizer (no `spiece_model` tensor)",
+                    "put the google/umt5-xxl tokenizer folder under the models folder")
 
 
 # ---------------------------------------------------------------------------------------------- all
 def load_components(files, dtype: torch.dtype = torch.float32, experts: str = "both",
                     text_encoder_dtype: torch.dtype | None = None, fp8: bool = False,
-                    text_encoder_fp8: bool = False) -> Components:
-    """All parts of a model. `experts="one"` (A14B on a small-RAM machine) loads only the high-noise
-    expert; the memory module loads the low-noise one from its mmap at the switch. The VAE is always
-    float32, as in the official code (wan/modules/vae.py): its decode is where bf16 shows banding."""
+                    text_encoder_fp8: bool = False, storage_dtype: str | torch.dtype | None = None) -> Components:
+    """All parts of a model. `dtype` is the compute dtype; `storage_dtype` the plan's weight dtype
+    (plan.weight_dtype: the DiT is built in it, see build_transformer). `experts="one"` (A14B on a
+    small-RAM machine) loads only the high-noise expert; the memory module loads the low-noise one from
+    its mmap at the switch. The VAE is always float32, as in the official code (wan/modules/vae.py):
+    its decode is where bf16 shows banding."""
     spec = files.spec
-    transformer = load_transformer(files, "high" if spec.experts == 2 else "only", dtype, fp8=fp8)
-    transformer_2 = (load_transformer(files, "low", dtype, fp8=fp8)
-                     if spec.experts == 2 and experts == "both" else None)
+    dit = dict(dtype=dtype, fp8=fp8, storage_dtype=storage_dtype)
+    transformer = load_transformer(files, "high" if spec.experts == 2 else "only", **dit)
+    transformer_2 = load_transformer(files, "low", **dit) if spec.experts == 2 and experts == "both" else None
     return Components(spec=spec, transformer=transformer, transformer_2=transformer_2,
                       vae=build_vae(files.vae, torch.float32),
                       text_encoder=build_text_encoder(files.text_encoder, text_encoder_dtype or dtype,
