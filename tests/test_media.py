@@ -103,7 +103,8 @@ def test_metadata_round_trips_from_sidecar_and_from_the_mp4_alone(tmp_path):
             "negative_prompt": None, "sizes": [832, 480]}
     path = write_mp4(bars_video(9), tmp_path / "m.mp4", fps=16, metadata=meta)
     sidecar = tmp_path / "m.json"
-    assert json.loads(sidecar.read_text(encoding="utf-8")) == meta
+    # the sidecar is the metadata plus the size of the video it describes (see media.STAMP_KEY)
+    assert json.loads(sidecar.read_text(encoding="utf-8")) == {**meta, media.STAMP_KEY: path.stat().st_size}
     assert read_metadata(path) == meta
     sidecar.unlink()
     assert read_metadata(path) == meta          # from the mp4's comment tag
@@ -144,16 +145,20 @@ def test_a_failed_write_keeps_the_previous_file_at_the_path(tmp_path):
 
 def test_an_ffmpeg_failure_leaves_no_file_and_no_temp_litter(tmp_path, monkeypatch):
     monkeypatch.setattr(media, "PRESET", "no-such-preset")   # x264 refuses it: ffmpeg exits with an error
-    with pytest.raises(RuntimeError, match="ffmpeg failed"):
+    with pytest.raises(UserError) as e:
         write_mp4(numbered_frames(9), tmp_path / "f.mp4", fps=16, metadata={"a": 1})
+    # one message naming the video, without ffmpeg's own lines (those go to the log)
+    assert e.value.field == "out" and "f.mp4" in e.value.problem and "nothing was saved" in e.value.fix
+    assert "x264" not in str(e.value) and "preset" not in str(e.value)
     assert files_in(tmp_path) == []
 
 
 def test_an_unwritable_folder_fails_without_creating_anything(tmp_path):
     blocker = tmp_path / "not_a_folder"
     blocker.write_text("x")
-    with pytest.raises(OSError):
+    with pytest.raises(UserError) as e:
         write_mp4(numbered_frames(9), blocker / "v.mp4", fps=16)
+    assert e.value.field == "out" and "could not write" in e.value.problem
     assert files_in(tmp_path) == ["not_a_folder"]
 
 
@@ -319,3 +324,44 @@ def test_a_new_growing_video_does_not_inherit_old_segments(tmp_path):
     fresh = GrowingVideo(path, fps=16)
     fresh.append(numbered_frames(2))
     assert fresh.frames_written == 2 and probe(path).frames == 2
+
+
+# ------------------------------------------------------------------------------------ metadata of any size
+
+HUGE_PROMPT = ("一只猫在雪地里奔跑 = ; # \\ " * 12000)[:200_000]      # 200,000 characters, ~1 MB as escaped JSON
+
+
+def test_a_200000_character_prompt_lands_in_the_mp4_and_reads_back(tmp_path):
+    meta = {"prompt": HUGE_PROMPT, "seed": 1}
+    path = write_mp4(numbered_frames(5), tmp_path / "big.mp4", fps=16, metadata=meta)
+    assert read_metadata(path) == meta
+    (tmp_path / "big.json").unlink()
+    assert read_metadata(path) == meta          # the comment tag alone, past the 128 KiB argument limit
+    assert files_in(tmp_path) == ["big.mp4"]    # the metadata file given to ffmpeg is gone
+
+
+def test_a_growing_video_carries_a_200000_character_prompt(tmp_path):
+    path = tmp_path / "long.mp4"
+    gv = GrowingVideo(path, fps=16, metadata={"prompt": HUGE_PROMPT})
+    gv.append(numbered_frames(5))
+    gv.append(numbered_frames(4, start=5))
+    (tmp_path / "long.json").unlink()
+    assert read_metadata(path) == {"prompt": HUGE_PROMPT} and probe(path).frames == 9
+
+
+def test_a_sidecar_left_from_before_the_video_was_replaced_is_not_believed(tmp_path):
+    # A kill between the mp4's rename and the sidecar's leaves the new video beside the old sidecar.
+    path = write_mp4(numbered_frames(9), tmp_path / "v.mp4", fps=16, metadata={"frames": 9})
+    old_sidecar = (tmp_path / "v.json").read_text()
+    write_mp4(numbered_frames(13), path, fps=16, metadata={"frames": 13})
+    (tmp_path / "v.json").write_text(old_sidecar)
+    assert read_metadata(path) == {"frames": 13}
+
+
+def test_a_symlinked_sidecar_is_never_read(tmp_path):
+    path = write_mp4(numbered_frames(3), tmp_path / "v.mp4", fps=16, metadata={"mine": 1})
+    secret = tmp_path / "secret.json"
+    secret.write_text('{"password": "hunter2"}')
+    (tmp_path / "v.json").unlink()
+    (tmp_path / "v.json").symlink_to(secret)
+    assert read_metadata(path) == {"mine": 1}      # from the mp4's own tag, not the link's target

@@ -10,11 +10,14 @@ OpenCV's bundled decoder cannot open.
 """
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import math
 import os
 import re
 import shutil
+import stat
 import subprocess
 import tempfile
 import uuid
@@ -43,6 +46,17 @@ _COLOR_ARGS = ["-vf", "scale=out_color_matrix=bt709:out_range=tv",
 
 _VIDEO_FIX = "choose an mp4, webm, mov, mkv or avi file that plays in a video player"
 
+log = logging.getLogger(__name__)
+
+# Written into every sidecar: the byte size of the mp4 it describes. It tells a sidecar this app wrote from
+# any other JSON that happens to have the same name (which is never overwritten), and a sidecar left from
+# before the video was replaced (a kill between the two renames) from a current one.
+STAMP_KEY = "_video_bytes"
+# Sidecars written by versions before STAMP_KEY carry the app's name instead.
+APP_MARKER = ("app", "wan-studio")
+# Our sidecars are a few KB, a few MB with an enormous prompt; anything bigger is not one of ours.
+MAX_SIDECAR_BYTES = 64 * 1024 * 1024
+
 
 @dataclass(frozen=True)
 class VideoInfo:
@@ -67,27 +81,116 @@ def sidecar_path(path: str | os.PathLike) -> Path:
 
 def write_mp4(frames, path: str | os.PathLike, fps: float, metadata: dict | None = None) -> Path:
     """Encode uint8 RGB frames ([F,H,W,3] array, or an iterable of [H,W,3] frames / [N,H,W,3] batches)
-    to an H.264 mp4 at `path`, atomically; `metadata` goes into the mp4's comment tag and `<name>.json`."""
+    to an H.264 mp4 at `path`, atomically; `metadata` goes into the mp4's comment tag and `<name>.json`.
+
+    Refused up front (UserError "out"): a `<name>.json` that this app did not write. A full disk or an
+    ffmpeg failure is a UserError too, and leaves neither a partial file nor a changed one."""
     path = Path(path)
     _check_fps(fps)
     meta_json = _metadata_json(metadata)
-    path.parent.mkdir(parents=True, exist_ok=True)
     side = sidecar_path(path)
+    _check_sidecar(path)
+    _mkdir(path.parent)
+    tmp = _tmp_name(path)
     side_tmp = None
     try:
+        _encode(frames, tmp, fps, meta_json)
         if metadata is not None:
-            # The sidecar is staged first so that both files land together, right after the video.
-            side_tmp = _write_text_tmp(side, json.dumps(metadata, ensure_ascii=False, indent=2))
-        _encode_atomic(frames, path, fps, meta_json)
+            # staged before the video lands, so both appear together; the stamp ties it to this video
+            side_tmp = _write_text_tmp(side, _sidecar_text(metadata, tmp.stat().st_size))
+        os.replace(tmp, path)
         if side_tmp is not None:
             os.replace(side_tmp, side)
             side_tmp = None
         elif side.exists():
-            side.unlink()   # a sidecar from an earlier file at this path would describe the wrong video
+            side.unlink()   # our sidecar from an earlier file at this path would describe the wrong video
+    except OSError as e:
+        raise _write_failed(path, e) from None
     finally:
+        _unlink_quiet(tmp)
         if side_tmp is not None:
             _unlink_quiet(side_tmp)
     return path
+
+
+def check_output_path(path: str | os.PathLike) -> Path:
+    """Refuse, before any work, an output path whose writing would destroy something this app did not
+    make: a name that is not `.mp4`, a folder or special file at the path, a `<name>.json` that is not
+    our sidecar (e.g. `--out settings.mp4` beside the app's settings.json), or a `<name>.parts/` folder
+    that is not our segments. Returns the path."""
+    path = Path(path)
+    if path.suffix.lower() != ".mp4":
+        raise UserError("out", f"{path.name} does not end in .mp4", "name the video like clip.mp4")
+    try:
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise UserError("out", f"{path} exists and is not a video file", "choose another name for the video")
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    _check_sidecar(path)
+    _check_parts(path)
+    return path
+
+
+def _check_sidecar(video: Path) -> None:
+    side = sidecar_path(video)
+    if side == video:
+        raise UserError("out", f"{video.name} is a .json name", "name the video like clip.mp4")
+    if _sidecar_owner(side) == "foreign":
+        raise UserError("out", f"{side} exists and was not written by this app; the video's settings "
+                        "would overwrite it", "choose another name for the video, or move that file")
+
+
+def _sidecar_owner(side: Path) -> str:
+    """'none' (nothing there), 'ours' (a sidecar this app wrote) or 'foreign' (anything else)."""
+    try:
+        st = os.lstat(side)
+    except (FileNotFoundError, NotADirectoryError):
+        return "none"         # (a missing folder on the way is reported when it cannot be created)
+    except OSError:
+        return "foreign"
+    if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_SIDECAR_BYTES:
+        return "foreign"      # a symlink, a folder, a FIFO or a huge file: not something we wrote
+    data = _read_json_file(side)
+    if isinstance(data, dict) and (STAMP_KEY in data or data.get(APP_MARKER[0]) == APP_MARKER[1]):
+        return "ours"
+    return "foreign"
+
+
+def _check_parts(video: Path) -> None:
+    """A `<name>.parts/` folder is deleted when a growing video starts; only ours may be."""
+    folder = parts_dir(video)
+    if not os.path.lexists(folder):
+        return
+    ours = folder.is_dir() and not folder.is_symlink() and all(
+        p.name in (GrowingVideo.STATE, "concat.txt") or re.fullmatch(r"seg_\d{5}\.mp4", p.name)
+        or (p.name.startswith(".") and p.name.endswith(".partial")) for p in folder.iterdir())
+    if not ours:
+        raise UserError("out", f"{folder} exists and is not this app's segments folder",
+                        "choose another name for the video, or move that folder")
+
+
+def _sidecar_text(metadata: dict, video_bytes: int) -> str:
+    return json.dumps({**metadata, STAMP_KEY: video_bytes}, ensure_ascii=False, indent=2)
+
+
+def _mkdir(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _write_failed(folder, e) from None
+
+
+def _write_failed(path: Path, e: OSError) -> UserError:
+    """An OSError while writing, as one message without a traceback or raw ffmpeg text."""
+    if e.errno == errno.ENOSPC:
+        return UserError("out", f"could not write {path.name}: the disk is full",
+                         "free some space on that drive or choose another outputs folder; nothing was saved")
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return UserError("out", f"could not write {path.name}: {path.parent} is not writable",
+                         "choose another outputs folder; nothing was saved")
+    return UserError("out", f"could not write {path.name}: {e.strerror or type(e).__name__}",
+                     "check that the outputs folder exists and has free space; nothing was saved")
 
 
 def _encode_atomic(frames, path: Path, fps: float, meta_json: str | None) -> tuple[int, int, int]:
@@ -97,8 +200,55 @@ def _encode_atomic(frames, path: Path, fps: float, meta_json: str | None) -> tup
         shape = _encode(frames, tmp, fps, meta_json)
         os.replace(tmp, path)
         return shape
+    except OSError as e:
+        raise _write_failed(path, e) from None
     finally:
         _unlink_quiet(tmp)
+
+
+def _ffpath(p: Path) -> str:
+    # "file:" so that a name such as "concat:x.mp4" or "pipe:1" is never read as an ffmpeg protocol
+    return "file:" + os.fspath(p)
+
+
+def _ffmetadata_tmp(out: Path, meta_json: str) -> Path:
+    """The metadata as an FFMETADATA1 file for `-map_metadata`: a command line is limited (128 KiB per
+    argument on Linux), a file is not, so a 200,000-character prompt still lands in the mp4."""
+    def esc(v: str) -> str:
+        return re.sub(r"([=;#\\\n])", r"\\\1", v)
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.ffmeta.partial")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(";FFMETADATA1\ncomment=" + esc(meta_json) + "\n")
+    return tmp
+
+
+def _metadata_args(out: Path, meta_json: str | None, input_index: int) -> tuple[list[str], list[str], Path | None]:
+    """(input args, output args, temp file) that put `meta_json` into the mp4's comment tag."""
+    if meta_json is None:
+        return [], [], None
+    meta = _ffmetadata_tmp(out, meta_json)
+    return ["-f", "ffmetadata", "-i", _ffpath(meta)], ["-map_metadata", str(input_index)], meta
+
+
+def _ffmpeg_failed(out: Path, rc: int, stderr: str) -> Exception:
+    log.info("ffmpeg failed writing %s (exit %s): %s", out, rc, stderr[-2000:])   # for the server log only
+    low = stderr.lower()
+    if "no space left" in low:
+        return UserError("out", f"could not write {_final_name(out)}: the disk is full",
+                         "free some space on that drive or choose another outputs folder; nothing was saved")
+    if "permission denied" in low or "read-only file system" in low:
+        return UserError("out", f"could not write {_final_name(out)}: {out.parent} is not writable",
+                         "choose another outputs folder; nothing was saved")
+    if "file too large" in low:
+        return UserError("out", f"could not write {_final_name(out)}: the file system's file size limit was reached",
+                         "choose an outputs folder on another drive (FAT32 stops at 4 GB); nothing was saved")
+    return UserError("out", f"the video encoder (ffmpeg) failed writing {_final_name(out)} (exit {rc})",
+                     "nothing was saved; the log has ffmpeg's own message")
+
+
+def _final_name(tmp: Path) -> str:
+    m = re.fullmatch(r"\.(.+)\.[0-9a-f]{8}\.partial", tmp.name)
+    return m.group(1) if m else tmp.name
 
 
 def _encode(frames, out: Path, fps: float, meta_json: str | None) -> tuple[int, int, int]:
@@ -111,44 +261,45 @@ def _encode(frames, out: Path, fps: float, meta_json: str | None) -> tuple[int, 
     # yuv420p stores colour at half resolution in both directions, so x264 refuses odd sizes; the last
     # row/column is repeated (not black-padded, not resized) so the picture is unchanged and no seam shows.
     pad_h, pad_w = h % 2, w % 2
+    meta_in, meta_out, meta_file = _metadata_args(out, meta_json, 1)
     cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
            "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w + pad_w}x{h + pad_h}",
-           "-framerate", _rate(fps), "-i", "-",
+           "-framerate", _rate(fps), "-i", "-", *meta_in, "-map", "0:v:0", *meta_out,
            *_COLOR_ARGS, "-c:v", "libx264", "-preset", PRESET, "-crf", str(CRF), "-pix_fmt", "yuv420p",
-           "-movflags", "+faststart"]
-    if meta_json is not None:
-        cmd += ["-metadata", f"comment={meta_json}"]
-    cmd += ["-f", "mp4", str(out)]
+           "-movflags", "+faststart", "-f", "mp4", _ffpath(out)]
     count = 0
-    with tempfile.TemporaryFile() as err:   # a file, not a pipe: ffmpeg can never block on stderr
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err)
-        try:
-            chunk = first
-            while chunk is not None:
-                if chunk.shape[1:3] != (h, w):
-                    raise ValueError(f"write_mp4: frame {count} is {chunk.shape[2]}x{chunk.shape[1]}, "
-                                     f"the video is {w}x{h}")
-                if pad_h or pad_w:
-                    chunk = np.pad(chunk, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-                try:
-                    proc.stdin.write(np.ascontiguousarray(chunk).tobytes())
-                except BrokenPipeError:
-                    break   # ffmpeg died; its message is read below
-                count += len(chunk)
-                chunk = next(chunks, None)
+    try:
+        with tempfile.TemporaryFile() as err:   # a file, not a pipe: ffmpeg can never block on stderr
+            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err)
             try:
-                proc.stdin.close()
-            except BrokenPipeError:
-                pass
-            rc = proc.wait()
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-        if rc != 0:
-            err.seek(0)
-            raise RuntimeError(f"ffmpeg failed writing {out.name} (exit {rc}): "
-                               + err.read().decode(errors="replace").strip()[-2000:])
+                chunk = first
+                while chunk is not None:
+                    if chunk.shape[1:3] != (h, w):
+                        raise ValueError(f"write_mp4: frame {count} is {chunk.shape[2]}x{chunk.shape[1]}, "
+                                         f"the video is {w}x{h}")
+                    if pad_h or pad_w:
+                        chunk = np.pad(chunk, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+                    try:
+                        proc.stdin.write(np.ascontiguousarray(chunk).tobytes())
+                    except BrokenPipeError:
+                        break   # ffmpeg died; its message is read below
+                    count += len(chunk)
+                    chunk = next(chunks, None)
+                try:
+                    proc.stdin.close()
+                except BrokenPipeError:
+                    pass
+                rc = proc.wait()
+            except BaseException:
+                proc.kill()
+                proc.wait()
+                raise
+            if rc != 0:
+                err.seek(0)
+                raise _ffmpeg_failed(out, rc, err.read().decode(errors="replace").strip())
+    finally:
+        if meta_file is not None:
+            _unlink_quiet(meta_file)
     return count, w, h
 
 
@@ -184,7 +335,7 @@ def _metadata_json(metadata: dict | None) -> str | None:
         return None
     if not isinstance(metadata, dict):
         raise TypeError("metadata must be a dict")
-    # ASCII-only in the tag: it travels through a command line and ffmetadata escaping unharmed.
+    # ASCII-only in the tag: it travels through ffmetadata escaping and any container's tag encoding unharmed.
     return json.dumps(metadata, ensure_ascii=True, separators=(",", ":"))
 
 
@@ -227,19 +378,24 @@ def _unlink_quiet(p: Path) -> None:
 
 def read_metadata(path: str | os.PathLike) -> dict | None:
     """The generation settings of one of our videos: the sidecar JSON, else the mp4's comment tag.
-    None for a video that carries no metadata of ours."""
+    None for a video that carries no metadata of ours. A sidecar is used only if it is a regular file
+    (never a symlink, which could point anywhere) and describes the mp4 that is there now."""
     path = Path(path)
     side = sidecar_path(path)
-    if side.is_file():
+    data = _read_json_file(side)
+    if isinstance(data, dict):
+        stamp = data.pop(STAMP_KEY, None)
         try:
-            data = json.loads(side.read_text(encoding="utf-8"))
-            if isinstance(data, dict):
-                return data
-        except (OSError, ValueError):
-            pass   # a damaged sidecar is not fatal: the mp4 carries its own copy
+            current = stamp is None or os.stat(path).st_size == stamp
+        except OSError:
+            current = True      # the sidecar outlived its video: still the best description there is
+        if current:
+            return data
+        # else: the video was replaced after this sidecar (a kill between the two renames); the mp4's own
+        # tag was written in the same ffmpeg run as its frames, so it is the truth
     if not path.is_file():
         return None
-    r = subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-i", str(path),
+    r = subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-i", _ffpath(path),
                         "-f", "ffmetadata", "-"], capture_output=True)
     if r.returncode != 0:
         return None
@@ -248,9 +404,21 @@ def read_metadata(path: str | os.PathLike) -> dict | None:
         return None
     try:
         data = json.loads(comment)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def _read_json_file(path: Path):
+    """The JSON in a regular file of at most MAX_SIDECAR_BYTES, else None (missing, a symlink, damaged)."""
+    try:
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_SIDECAR_BYTES:
+            return None
+        with open(path, "rb") as f:
+            return json.loads(f.read(MAX_SIDECAR_BYTES + 1).decode("utf-8-sig"))
+    except (OSError, ValueError, RecursionError):
+        return None   # a damaged sidecar is not fatal: the mp4 carries its own copy
 
 
 def _ffmetadata_global(text: str) -> dict[str, str]:
@@ -489,8 +657,10 @@ class GrowingVideo:
         """Start a new growing video at `path` (segments left there by an earlier video are removed;
         use `open_existing` to continue one)."""
         self._setup(path, fps, metadata)
+        _check_sidecar(self.path)
+        _check_parts(self.path)          # it is deleted next: only if it holds nothing but our segments
         shutil.rmtree(self.parts_dir, ignore_errors=True)
-        self.parts_dir.mkdir(parents=True)
+        _mkdir(self.parts_dir)
 
     def _setup(self, path, fps, metadata) -> None:
         _check_fps(fps)
@@ -582,25 +752,32 @@ class GrowingVideo:
         write_text_atomic(listing, "".join(
             "file '" + s["file"].replace("'", "'\\''") + "'\n" for s in self._segments))
         tmp = _tmp_name(self.path)
+        meta_in, meta_out, meta_file = _metadata_args(tmp, _metadata_json(self.metadata), 1)
         cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-f", "concat", "-safe", "0",
-               "-i", str(listing), "-map", "0:v:0", "-c", "copy", "-movflags", "+faststart"]
-        meta_json = _metadata_json(self.metadata)
-        if meta_json is not None:
-            cmd += ["-metadata", f"comment={meta_json}"]
-        cmd += ["-f", "mp4", str(tmp)]
+               "-i", _ffpath(listing), *meta_in, "-map", "0:v:0", *meta_out, "-c", "copy",
+               "-movflags", "+faststart", "-f", "mp4", _ffpath(tmp)]
+        side = sidecar_path(self.path)
+        side_tmp = None
         try:
             r = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
             if r.returncode != 0:
-                raise RuntimeError(f"ffmpeg failed joining segments of {self.path.name}: "
-                                   + r.stderr.strip()[-2000:])
+                raise _ffmpeg_failed(tmp, r.returncode, r.stderr.strip())
+            if self.metadata is not None:
+                side_tmp = _write_text_tmp(side, _sidecar_text(self.metadata, tmp.stat().st_size))
             os.replace(tmp, self.path)
+            if side_tmp is not None:
+                os.replace(side_tmp, side)
+                side_tmp = None
+            elif side.exists() and _sidecar_owner(side) == "ours":
+                side.unlink()
+        except OSError as e:
+            raise _write_failed(self.path, e) from None
         finally:
             _unlink_quiet(tmp)
-        side = sidecar_path(self.path)
-        if self.metadata is not None:
-            write_text_atomic(side, json.dumps(self.metadata, ensure_ascii=False, indent=2))
-        elif side.exists():
-            side.unlink()
+            if meta_file is not None:
+                _unlink_quiet(meta_file)
+            if side_tmp is not None:
+                _unlink_quiet(side_tmp)
 
 
 def parts_dir(path: str | os.PathLike) -> Path:
