@@ -38,13 +38,14 @@ def _bf16(t: torch.Tensor) -> torch.Tensor:
 
 
 def make(shapes: dict[str, tuple[int, ...]], seed: int = 0, rank: int = 4, alpha: float | None = 2.0,
-         extras: bool = True, head: bool = True) -> TinyLora:
-    """Low-rank updates on every block linear (and the head); with `extras`, the full deltas ComfyUI and
-    LightX2V files carry: every linear's bias (diff_b), the cross-attention norm and q/k norms (diff),
-    each block's modulation table (diff_m), the head's weight and bias and the patch embedding."""
+         extras: str | None = "all", head: bool = True, blocks: list[int] | None = None) -> TinyLora:
+    """Low-rank updates on every block linear (and the head). extras="all" adds the full deltas ComfyUI
+    and LightX2V files carry: every linear's bias (diff_b), the cross-attention norm and q/k norms
+    (diff), each block's modulation table (diff_m), the head's weight and the patch embedding;
+    extras="bias" only the biases (what diffusers reads: lora_B.bias); None none."""
     g = torch.Generator().manual_seed(seed)
     out = TinyLora()
-    blocks = sorted({int(n.split(".")[1]) for n in shapes if n.startswith("blocks.")})
+    blocks = blocks if blocks is not None else sorted({int(n.split(".")[1]) for n in shapes if n.startswith("blocks.")})
     modules = [f"blocks.{i}.{m}" for i in blocks for m in LINEARS] + (["proj_out"] if head else [])
     for m in modules:
         o, i = shapes[f"{m}.weight"]
@@ -53,9 +54,10 @@ def make(shapes: dict[str, tuple[int, ...]], seed: int = 0, rank: int = 4, alpha
         out.low_rank[m] = (down, up, alpha)
     if extras:
         params = [f"{m}.bias" for m in modules]
-        params += [f"blocks.{i}.{p}" for i in blocks for p in ("norm2.weight", "norm2.bias", "attn1.norm_q.weight",
-                                                                "attn1.norm_k.weight", "scale_shift_table")]
-        params += ["proj_out.weight", "patch_embedding.weight", "patch_embedding.bias"] if head else []
+        if extras == "all":
+            params += [f"blocks.{i}.{p}" for i in blocks for p in ("norm2.weight", "norm2.bias", "attn1.norm_q.weight",
+                                                                    "attn1.norm_k.weight", "scale_shift_table")]
+            params += ["proj_out.weight", "patch_embedding.weight", "patch_embedding.bias"] if head else []
         for p in params:
             out.deltas[p] = _bf16(0.05 * torch.randn(shapes[p], generator=g))
     return out
@@ -78,15 +80,17 @@ def tensors(lora: TinyLora, layout: str) -> tuple[dict[str, torch.Tensor], dict[
         alphas = {lr[2] for lr in lora.low_rank.values()}
         for m, (down, up, alpha) in lora.low_rank.items():
             sd[f"transformer.{m}.lora_A.weight"], sd[f"transformer.{m}.lora_B.weight"] = down, up
-        for p, d in lora.deltas.items():           # PEFT carries bias deltas only (lora_B.bias)
-            m, leaf = p.rsplit(".", 1)
+        for p, d in lora.deltas.items():           # PEFT carries bias deltas only (lora_B.bias),
+            m, leaf = p.rsplit(".", 1)               # which it scales by α/r like lora_B·lora_A
             if leaf == "bias" and m in lora.low_rank:
-                sd[f"transformer.{m}.lora_B.bias"] = d
+                sd[f"transformer.{m}.lora_B.bias"] = d / lora.scale(m)   # exact: α/r is a power of 2 here
                 carried.deltas[p] = d
         (alpha,) = alphas
-        if alpha is not None:   # as diffusers' save_lora_weights writes it: the LoraConfig, prefixed
+        if alpha is not None:   # as diffusers' save_lora_weights writes it: the LoraConfig, keys prefixed
             rank = next(iter(lora.low_rank.values()))[0].shape[0]
-            meta["lora_adapter_metadata"] = json.dumps({"transformer.r": rank, "transformer.lora_alpha": alpha})
+            config = {"r": rank, "lora_alpha": alpha, "target_modules": sorted(lora.low_rank),
+                      "lora_bias": bool(carried.deltas), "use_dora": False, "rank_pattern": {}, "alpha_pattern": {}}
+            meta["lora_adapter_metadata"] = json.dumps({f"transformer.{k}": v for k, v in config.items()})
         return {k: v.to(torch.bfloat16).contiguous() for k, v in sd.items()}, meta, carried
     low = {"comfyui": ("lora_down.weight", "lora_up.weight"), "lightx2v": ("lora_down.weight", "lora_up.weight"),
            "ai-toolkit": ("lora_A.weight", "lora_B.weight"), "kohya": ("lora_down.weight", "lora_up.weight")}[layout]

@@ -200,13 +200,20 @@ def _pair_key(f: LoraFile) -> tuple[str, str] | None:
         return None
     stem, parent = f.path.stem, f.path.parent
     if _EXPERT.search(stem):
-        generic = _EXPERT.sub("{}", stem, count=1)
+        generic = _generic(stem)
         name = generic.replace("{}", "high+low")
-        if generic.replace("{}", "").strip("_-. ").lower() in ("", "model", "lora"):
+        if generic.replace("{}", "").strip("_-. ").lower() in ("", "model", "lora", "noise", "noise_model"):
             name = parent.name                      # Lightning's …-Seko-V1/high_noise_model.safetensors
         return str(parent / generic), name
-    generic = _EXPERT.sub("{}", parent.name, count=1)   # high_noise_model/x.safetensors
-    return str(parent.parent / generic / stem), stem
+    return str(parent.parent / _generic(parent.name) / stem), stem   # high_noise_model/x.safetensors
+
+
+def _generic(name: str) -> str:
+    """The name with its expert word (only the word: `x_high_noise` -> `x_{}_noise`) replaced by {}."""
+    m = _EXPERT.search(name)
+    word = m.group(1) or m.group(2)
+    start = m.start(1) if m.group(1) else m.start(2)
+    return name[:start] + "{}" + name[start + len(word):]
 
 
 def group_items(files: list[LoraFile]) -> list[LoraItem]:

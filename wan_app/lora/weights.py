@@ -158,7 +158,9 @@ def _match_pair(keys: list[Key], infos, shapes, nm, out: _Match) -> None:
 
 def _refuse_other_base(path_name: str, target, m: _Match) -> UserError:
     from .find import describe_dims
-    raw, param, got, want = next((x for x in m.mismatched if ".blocks." in f".{x[1]}"), m.mismatched[0])
+    # name the most telling tensor: a self-attention projection (dim × dim), else any block tensor
+    raw, param, got, want = min(m.mismatched, key=lambda x: (".attn1." not in x[1], not x[1].startswith("blocks."),
+                                                             x[1]))
     made_for = describe_dims(got, param)
     return UserError("lora", f"{path_name} was made for {made_for}: its {param} is {_x(got)}, "
                              f"{_target_name(target)} has {_x(want)}",
@@ -201,15 +203,24 @@ def load_lora(path: str | Path, target) -> LoraWeights:
     out = LoraWeights(name=path.name, path=path, format=file_format([k for k, _ in m.assign]),
                       unmatched=m.unmatched, n_tensors=len(infos))
     pairs: dict[str, dict[str, torch.Tensor]] = defaultdict(dict)
+    peft_bias: list[str] = []
     for key, param in m.assign:
         if key.kind in ("down", "up", "alpha"):
             pairs[param.rsplit(".", 1)[0]][key.kind] = tensors[key.raw]
-        else:
-            out.deltas[param] = out.deltas[param] + tensors[key.raw] if param in out.deltas else tensors[key.raw]
+            continue
+        out.deltas[param] = out.deltas[param] + tensors[key.raw] if param in out.deltas else tensors[key.raw]
+        if key.raw.endswith(".lora_B.bias"):
+            peft_bias.append(param)
     for module, t in pairs.items():
         rank = t["down"].shape[0]
         alpha = float(t["alpha"].float().reshape(-1)[0]) if "alpha" in t else alpha_pattern.get(module, lora_alpha)
         out.low_rank[module] = LowRank(t["down"], t["up"], 1.0 if alpha is None else alpha / rank)
+    for param in peft_bias:
+        # PEFT's lora_B is a Linear whose bias passes through the same α/r scaling as lora_B·lora_A·x
+        # (peft/tuners/lora/layer.py: result + lora_B(lora_A(x)) * scaling); a .diff_b is added as it is.
+        lr = out.low_rank.get(param.rsplit(".", 1)[0])
+        if lr is not None and lr.scale != 1.0:
+            out.deltas[param] = out.deltas[param].float() * lr.scale
     return out
 
 
