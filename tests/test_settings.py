@@ -38,23 +38,31 @@ def test_settings_round_trip(tmp_path):
     assert list(path.parent.iterdir()) == [path]      # no temp file left behind
 
 
-def test_broken_json_is_backed_up_and_defaults_used(tmp_path):
+def test_broken_json_gives_defaults_is_kept_as_a_copy_and_replaced_only_on_save(tmp_path):
     path = tmp_path / "settings.json"
     path.write_text('{"outputs_dir": "x",', encoding="utf-8")
     s, notice = load_settings(path)
     assert s == Settings()
     [backup] = backups(tmp_path)
     assert (tmp_path / backup).read_text() == '{"outputs_dir": "x",'
-    assert "not valid JSON" in notice and backup in notice
-    # the repaired file is in place: the next start is quiet
+    assert "not valid JSON" in notice and "defaults are used" in notice and backup in notice
+    # loading changes nothing: the damaged file is still there, untouched, until settings are saved
+    assert path.read_text() == '{"outputs_dir": "x",'
+    save_settings(s, path)
+    assert backups(tmp_path) == [backup]          # that state of the file is kept once
+    # the saved file is in place: the next start is quiet
     assert load_settings(path) == (Settings(), None)
 
 
-def test_a_json_list_is_not_settings(tmp_path):
+def test_a_json_list_is_not_settings_and_is_left_alone(tmp_path):
     path = tmp_path / "settings.json"
     path.write_text("[1, 2]")
-    s, notice = load_settings(path)
-    assert s == Settings() and "list" in notice and len(backups(tmp_path)) == 1
+    with pytest.raises(UserError) as e:
+        load_settings(path)
+    assert e.value.field == "settings" and "list" in e.value.problem
+    with pytest.raises(UserError):
+        save_settings(Settings(), path)
+    assert path.read_text() == "[1, 2]" and backups(tmp_path) == []
 
 
 @pytest.mark.parametrize("key,value,named", [
@@ -74,6 +82,7 @@ def test_an_invalid_value_is_rejected_with_a_notice_naming_the_field(tmp_path, k
     path = tmp_path / "settings.json"
     good = full_settings().to_dict()
     path.write_text(json.dumps({**good, key: value}))
+    written = path.read_text()
     s, notice = load_settings(path)
     assert named in notice
     got = getattr(s, key)
@@ -81,9 +90,12 @@ def test_an_invalid_value_is_rejected_with_a_notice_naming_the_field(tmp_path, k
     if not key.startswith(("overrides", "last_request")):
         assert getattr(s, key) == getattr(Settings(), key)   # that field falls back to its default
         assert s.overrides == good["overrides"]               # the valid fields are kept
-    [backup] = backups(tmp_path)
+    assert path.read_text() == written           # loading leaves the file as it is ...
+    [backup] = backups(tmp_path)                 # ... and keeps a copy, since a save cannot keep the value
     assert backup in notice
     assert json.loads((tmp_path / backup).read_text())[key] == value
+    save_settings(s, path)
+    assert backups(tmp_path) == [backup]
 
 
 def test_one_bad_override_keeps_the_other_overrides(tmp_path):
@@ -124,3 +136,46 @@ def test_saving_invalid_settings_is_a_user_error_and_writes_nothing(tmp_path):
         save_settings(bad, path)
     assert e.value.field == "overrides.weight_dtype"
     assert not path.exists()
+
+
+def test_an_edit_made_while_the_app_runs_survives_an_unrelated_save(tmp_path):
+    path = tmp_path / "settings.json"
+    save_settings(full_settings(), path)
+    s, _ = load_settings(path)                         # the app starts
+    on_disk = json.loads(path.read_text())
+    on_disk["outputs_dir"] = "/mnt/edited/by/hand"     # the user edits the file meanwhile
+    path.write_text(json.dumps(on_disk))
+    s.last_request = {**REQUEST, "prompt": "a dog"}    # a Generate remembers its request
+    save_settings(s, path)
+    again, notice = load_settings(path)
+    assert notice is None
+    assert again.outputs_dir == "/mnt/edited/by/hand" and again.last_request["prompt"] == "a dog"
+    assert again.models_dirs == full_settings().models_dirs
+
+
+def test_save_with_only_writes_just_those_fields(tmp_path):
+    path = tmp_path / "settings.json"
+    save_settings(full_settings(), path)
+    s, _ = load_settings(path)
+    s.models_dirs = ["/from/the/command/line"]          # a run-time override that must not persist
+    s.last_request = {**REQUEST, "seed": 99}
+    save_settings(s, path, only=("last_request",))
+    again, _ = load_settings(path)
+    assert again.models_dirs == full_settings().models_dirs and again.last_request["seed"] == 99
+
+
+def test_a_utf8_bom_is_accepted(tmp_path):
+    path = tmp_path / "settings.json"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"outputs_dir": "vids"}).encode())
+    s, notice = load_settings(path)
+    assert notice is None and s.outputs_dir == "vids"
+
+
+def test_keys_of_a_newer_version_are_kept_when_saving(tmp_path):
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps({"outputs_dir": "vids", "theme": "dark"}))
+    s, notice = load_settings(path)
+    assert "theme" in notice
+    s.outputs_dir = "clips"
+    save_settings(s, path)
+    assert json.loads(path.read_text())["theme"] == "dark" and backups(tmp_path) == []
