@@ -46,7 +46,7 @@ def main() -> int:
     from wan_app import events
     from wan_app.engine import Engine
     from wan_app.hardware import Hardware
-    from wan_app.longvideo import LongRequest, resume_long, run_long
+    from wan_app.longvideo import LongRequest
     from wan_app.request import Request, parse_size
 
     hardware = None if args.real_hardware else Hardware.simulated(vram_gb=None, ram_gb=24.0)
@@ -54,12 +54,12 @@ def main() -> int:
     if args.step_sleep:
         engine.step_hooks.append(lambda i, expert: time.sleep(args.step_sleep))
     if args.resume:
-        stream = resume_long(engine, args.out)
+        stream = engine.resume(args.out)
     else:
         w, h = parse_size(args.size)
         req = Request(model=args.model, prompt=args.prompt, width=w, height=h, steps=args.steps, seed=args.seed)
-        stream = run_long(engine, LongRequest(base=req, total_frames=args.frames, window=args.window,
-                                              overlap=args.overlap, input_video=args.video), out_path=args.out)
+        stream = engine.run(LongRequest(base=req, total_frames=args.frames, window=args.window,
+                                        overlap=args.overlap, input_video=args.video), out_path=args.out)
     import threading
 
     import psutil

@@ -12,11 +12,12 @@ import pytest
 import torch
 from diffusers import UniPCMultistepScheduler, WanPipeline
 
-from wan_app import events
+from wan_app import events, sampler
 from wan_app.engine import Engine
 from wan_app.hardware import Hardware
 from wan_app.media import probe, read_metadata, read_video
 from wan_app.request import Request
+from tests.support import clip, denoise, load
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = Hardware.simulated(vram_gb=None, ram_gb=24.0)
@@ -95,14 +96,14 @@ def test_engine_latents_equal_wanpipeline_on_the_official_schedule(tiny_root, mo
     engine = Engine([tiny_root[layout].path], tmp_path, hardware=CPU)
     req = Request(model=model_id, prompt="a fox in snow", frames=9, width=64, height=64, steps=10,
                   seed=11)
-    prep = engine.check_inputs(req)
-    gen = engine.load(prep)
-    comps, placement = _drain(gen)
-    cond, uncond = engine.encode_prompt(comps, placement, prep.request.prompt, prep.request.negative_prompt)
-    noise = engine.prepare_latents(prep.spec, prep.request)
-    _, ours = _drain(engine.denoise(prep, comps, placement, noise.clone(), cond, uncond))
+    job = clip(engine, req, tmp_path / "x.mp4")
+    host = load(engine, job)
+    comps = host.components
+    cond, uncond = host.encode(job.request.prompt, job.request.negative_prompt)
+    noise = sampler.initial_noise(job.spec, job.request)
+    ours = denoise(engine, job, noise.clone(), cond, uncond)
 
-    r = prep.request
+    r = job.request
     sched = OfficialSigmaUniPC(num_train_timesteps=1000, prediction_type="flow_prediction",
                                use_flow_sigmas=True, flow_shift=r.shift, solver_order=2,
                                solver_type="bh2", predict_x0=True, lower_order_final=True,
@@ -130,21 +131,14 @@ def test_engine_latents_equal_wanpipeline_on_the_official_schedule(tiny_root, mo
 
 def test_prompt_embeddings_are_trimmed_then_zero_padded_to_512(tiny_root, tmp_path):
     engine = Engine([tiny_root["diffusers-t2v"].path], tmp_path, hardware=CPU)
-    prep = engine.check_inputs(Request(model="tiny-wan2.1-t2v", prompt="a cat", frames=9, width=64, height=64))
-    comps, placement = _drain(engine.load(prep))
-    cond, _ = engine.encode_prompt(comps, placement, "a cat", "x")
+    job = clip(engine, Request(model="tiny-wan2.1-t2v", prompt="a cat", frames=9, width=64, height=64),
+               tmp_path / "x.mp4")
+    host = load(engine, job)
+    comps = host.components
+    cond, _ = host.encode("a cat", "x")
     n = int(comps.tokenizer(["a cat"], return_tensors="pt").attention_mask.sum())
     assert cond.shape[1] == 512
     assert cond[0, :n].abs().sum() > 0 and cond[0, n:].abs().sum() == 0
-
-
-def _drain(gen):
-    """Run an event generator to its end and return its return value."""
-    try:
-        while True:
-            next(gen)
-    except StopIteration as stop:
-        return stop.value
 
 
 # ---- A14B, cancel, OOM, reproducibility -----------------------------------------------------
@@ -237,7 +231,7 @@ def test_out_of_memory_twice_is_a_clear_failure(tiny_root, tmp_path):
 def _no_load(engine):
     def boom(*a, **k):
         raise AssertionError("models were loaded for a request that should have been refused")
-    engine.load = boom
+    engine.host.load = boom
 
 
 @pytest.mark.parametrize("kwargs,field", [
@@ -279,37 +273,37 @@ def test_batched_cfg_gives_the_same_latents_with_half_the_block_copies(tiny_root
     results, copies = {}, {}
     for batched in (False, True):
         engine = Engine([tiny_root["diffusers-t2v"].path], tmp_path, hardware=CPU)
-        prep = engine.check_inputs(Request(model="tiny-wan2.1-t2v", prompt="a kite", frames=9, width=64,
-                                           height=64, steps=4, seed=2))
-        prep.plan = replace(prep.plan, blocks_swapped=2, cfg_batched=batched)
-        comps, placement = _drain(engine.load(prep))
-        cond, uncond = engine.encode_prompt(comps, placement, prep.request.prompt, prep.request.negative_prompt)
-        before = placement.block_transfers()
-        _, results[batched] = _drain(engine.denoise(prep, comps, placement, engine.prepare_latents(
-            prep.spec, prep.request), cond, uncond))
-        copies[batched] = placement.block_transfers() - before
+        job = clip(engine, Request(model="tiny-wan2.1-t2v", prompt="a kite", frames=9, width=64,
+                                   height=64, steps=4, seed=2), tmp_path / "x.mp4")
+        job.plan = replace(job.plan, blocks_swapped=2, cfg_batched=batched)
+        host = load(engine, job)
+        cond, uncond = host.encode(job.request.prompt, job.request.negative_prompt)
+        before = host.placement.block_transfers()
+        results[batched] = denoise(engine, job, sampler.initial_noise(job.spec, job.request), cond, uncond)
+        copies[batched] = host.placement.block_transfers() - before
     assert (results[True] - results[False]).abs().max().item() <= 1e-5
     assert copies == {False: 4 * 2 * 2, True: 4 * 2}     # steps × swapped blocks × forwards per step
 
 
 def test_ti2v_image_conditioning_equals_diffusers_i2v_pipeline(tiny_root, tmp_path):
-    """Engine.denoise(condition=...) — how Extend conditions TI2V on its overlap — against diffusers'
+    """sampler.CleanFirstLatents — how Extend conditions TI2V on its overlap — against diffusers'
     WanImageToVideoPipeline with expand_timesteps (Wan2.2 TI2V's image-to-video), same image, noise,
     embeddings and official σ: the same final latents."""
     from PIL import Image
     from diffusers import WanImageToVideoPipeline
     engine = Engine([tiny_root["diffusers-ti2v"].path], tmp_path, hardware=CPU)
-    prep = engine.check_inputs(Request(model="tiny-wan2.2-ti2v-5b", prompt="a boat", frames=9, width=64,
-                                       height=64, steps=6, seed=4))
-    comps, placement = _drain(engine.load(prep))
-    cond, uncond = engine.encode_prompt(comps, placement, prep.request.prompt, prep.request.negative_prompt)
-    noise = engine.prepare_latents(prep.spec, prep.request)
+    job = clip(engine, Request(model="tiny-wan2.2-ti2v-5b", prompt="a boat", frames=9, width=64,
+                               height=64, steps=6, seed=4), tmp_path / "x.mp4")
+    host = load(engine, job)
+    comps = host.components
+    cond, uncond = host.encode(job.request.prompt, job.request.negative_prompt)
+    noise = sampler.initial_noise(job.spec, job.request)
     image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
-    condition = engine.encode_frames(comps, image[None])
+    condition = host.codec.encode(image[None])
     assert condition.shape[2] == 1
-    _, ours = _drain(engine.denoise(prep, comps, placement, noise.clone(), cond, uncond, condition=condition))
+    ours = denoise(engine, job, noise.clone(), cond, uncond, sampler.CleanFirstLatents(condition))
 
-    r = prep.request
+    r = job.request
     sched = OfficialSigmaUniPC(num_train_timesteps=1000, prediction_type="flow_prediction",
                                use_flow_sigmas=True, flow_shift=r.shift, solver_order=2, solver_type="bh2",
                                predict_x0=True, lower_order_final=True, final_sigmas_type="zero")
@@ -324,7 +318,7 @@ def test_ti2v_image_conditioning_equals_diffusers_i2v_pipeline(tiny_root, tmp_pa
     assert diff <= 1e-4, diff
     assert torch.equal(ours[:, :, :1], condition)          # the image frame is held exactly
     # not vacuous: without the condition the same noise gives a different clip
-    _, free = _drain(engine.denoise(prep, comps, placement, noise.clone(), cond, uncond))
+    free = denoise(engine, job, noise.clone(), cond, uncond)
     assert (free - ours).abs().max().item() > 1e-2
 
 

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +21,10 @@ from wan_app.engine import Engine
 from wan_app.errors import UserError
 from wan_app.hardware import Hardware
 from wan_app.journal import Journal, journal_path
-from wan_app.longvideo import (LongRequest, generate_window, list_resumable, new_frames, plan_windows,
-                               resume_long, run_long, window_seed)
+from wan_app.longvideo import LongRequest, list_resumable, new_frames, plan_windows, window_seed
 from wan_app.media import probe, read_metadata, read_video, write_mp4
 from wan_app.request import Request
+from tests.support import clip, load, window_frames
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "longvideo_worker.py"
@@ -63,23 +62,12 @@ def last_of(evs):
     return ends[-1]
 
 
-def loaded(engine, req):
-    prep = engine.check_inputs(req)
-    gen = engine.load(prep)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            comps, placement = stop.value
-            return prep, comps, placement
+def run_long(engine, lreq, **kw):
+    return engine.run(lreq, **kw)
 
 
-def run_gen(gen):
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+def resume_long(engine, path, **kw):
+    return engine.resume(path, **kw)
 
 
 # ---- arithmetic -------------------------------------------------------------------------------
@@ -175,14 +163,13 @@ def test_window_starts_with_the_overlap_it_continues(tiny_root, tmp_path, name):
     round-trip distance. Random tiny VAEs reconstruct badly, which is why the round trip is the reference."""
     engine = engine_for(tiny_root, name, tmp_path)
     base = request(tiny_root, name, frames=9)
-    prep, comps, placement = loaded(engine, base)
-    cond, uncond = engine.encode_prompt(comps, placement, base.prompt, prep.request.negative_prompt)
-    first, _ = run_gen(generate_window(engine, prep, comps, placement, cond, uncond, None))
+    job = clip(engine, base, tmp_path / "x.mp4")
+    host = load(engine, job)
+    first = window_frames(engine, job, 5)
     overlap = first[-5:].copy()
-    wprep = replace(prep, request=replace(prep.request, seed=window_seed(5, 1)))
-    frames, _ = run_gen(generate_window(engine, wprep, comps, placement, cond, uncond, overlap))
-    free, _ = run_gen(generate_window(engine, wprep, comps, placement, cond, uncond, None))
-    roundtrip = engine.decode(comps, engine.encode_frames(comps, overlap))
+    frames = window_frames(engine, job, window_seed(5, 1), overlap)
+    free = window_frames(engine, job, window_seed(5, 1))
+    roundtrip = host.codec.decode(host.codec.encode(overlap))
     assert roundtrip.shape == overlap.shape
 
     seam = np.abs(frames[:5].astype(int) - roundtrip.astype(int))
@@ -277,12 +264,12 @@ def test_peak_ram_does_not_grow_with_the_number_of_windows(tiny_root, tmp_path):
 class LoadSpy:
     def __init__(self, engine):
         self.calls = 0
-        real = engine.load
+        real = engine.host.load
 
-        def load(prep):
+        def load(*args):
             self.calls += 1
-            return (yield from real(prep))
-        engine.load = load
+            return real(*args)
+        engine.host.load = load
 
 
 @pytest.mark.parametrize("kind", ["garbage", "missing", "too short"])
@@ -426,13 +413,12 @@ def test_ti2v_windows_condition_on_the_overlap_like_its_image_t2v_by_reinjection
     def spy(module, args, kwargs):
         seen.append(kwargs["timestep"].detach().clone())
     hooks = []
-    orig_load = engine.load
+    orig_load = engine.host.load
 
-    def load_and_spy(prep):
-        comps, placement = yield from orig_load(prep)
-        hooks.append(comps.transformer.register_forward_pre_hook(spy, with_kwargs=True))
-        return comps, placement
-    engine.load = load_and_spy
+    def load_and_spy(*args):
+        orig_load(*args)
+        hooks.append(engine.host.components.transformer.register_forward_pre_hook(spy, with_kwargs=True))
+    engine.host.load = load_and_spy
     evs = drain(run_long(engine, LongRequest(request(tiny_root, name, steps=2), total_frames=13, window=9),
                          out_path=tmp_path / "c.mp4"))
     assert isinstance(last_of(evs), events.Finished), last_of(evs)

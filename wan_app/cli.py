@@ -46,9 +46,12 @@ def overrides_from(args) -> Overrides:
 
 
 def add_request_args(p: argparse.ArgumentParser, frames_help: str, required: bool = True,
-                     prompt_help: str = "what the video shows") -> None:
+                     prompt_help: str = "what the video shows", prompt_default: str | None = None) -> None:
     p.add_argument("--model", required=required, help="model id: " + ", ".join(catalog.MODELS))
-    p.add_argument("--prompt", required=required, help=prompt_help)
+    if prompt_default is None:
+        p.add_argument("--prompt", required=required, help=prompt_help)
+    else:
+        p.add_argument("--prompt", default=prompt_default, help=prompt_help + " (plans do not depend on it)")
     p.add_argument("--negative-prompt", default=None, help="what to avoid (default: the official one)")
     p.add_argument("--size", default=None, metavar="WxH", help="e.g. 832x480 (default: the model's)")
     p.add_argument("--frames", type=int, default=None, help=frames_help)
@@ -112,18 +115,37 @@ def cmd_download(args) -> int:
 
 
 def cmd_plan(args) -> int:
+    """The plan `generate` with the same arguments would run, from the files it would load."""
+    import json
     from .hardware import Hardware, detect
-    from .planner import explain, plan
-    spec = catalog.get(args.model)
-    w, h = parse_size(args.size) if args.size else spec.default_size
-    frames = args.frames or spec.frames
+    from .planner import explain
     if args.vram is not None or args.ram is not None:
         hw = Hardware.simulated(vram_gb=args.vram or None, ram_gb=args.ram if args.ram is not None else 32.0)
     else:
         hw = detect()
-    p = plan(hw, spec, w, h, frames, overrides_from(args))
-    print(explain(hw, p))
+    engine = make_engine(args, hardware=hw)
+    job = job_from(args, request_from(args))
+    p = engine.plan(job, files_required=False)
+    if args.json:
+        print(json.dumps(p.to_dict(), ensure_ascii=False, indent=2))
+    else:
+        print(explain(hw, p))
+    if p.blocker:
+        # The last line is what stops the run, so a script (or a person) sees it first.
+        print(f"error: {p.blocker['field']}: {p.blocker['problem']}\n  fix: {p.blocker['fix']}", file=sys.stderr)
+        return 2
     return 0
+
+
+def job_from(args, req: Request):
+    """What `generate` makes of the arguments: a clip, or windows when more frames than the model's
+    training length are asked (unless --no-windows)."""
+    spec = catalog.get(req.model)
+    if req.frames and req.frames > spec.frames and not getattr(args, "no_windows", False):
+        from .longvideo import LongRequest
+        return LongRequest(base=req, total_frames=req.frames, window=getattr(args, "window", None),
+                           overlap=getattr(args, "overlap", None))
+    return req
 
 
 def install_sigint(cancel: threading.Event) -> None:
@@ -185,22 +207,26 @@ def consume(stream, quiet: bool = False) -> int:
     return code
 
 
-def make_engine(args):
+def make_engine(args, hardware=None):
     from .engine import Engine
-    return Engine(models_dirs(args), args.outputs_dir or DEFAULT_OUTPUTS_DIR, overrides=overrides_from(args))
+    from .planner import validate_overrides
+    ov = overrides_from(args)
+    model = getattr(args, "model", None)
+    if model:
+        engine = Engine(models_dirs(args), getattr(args, "outputs_dir", None) or DEFAULT_OUTPUTS_DIR,
+                        hardware=hardware, overrides=ov)
+        validate_overrides(engine.hardware, catalog.get(model), ov)   # refused when set, not mid-run
+        return engine
+    return Engine(models_dirs(args), getattr(args, "outputs_dir", None) or DEFAULT_OUTPUTS_DIR,
+                  hardware=hardware, overrides=ov)
 
 
 def cmd_generate(args) -> int:
     engine = make_engine(args)
     cancel = threading.Event()
     install_sigint(cancel)
-    req = request_from(args)
-    if args.frames and args.frames > catalog.get(args.model).frames and not args.no_windows:
-        from .longvideo import LongRequest, run_long
-        return consume(run_long(engine, LongRequest(base=req, total_frames=args.frames,
-                                                    window=args.window, overlap=args.overlap),
-                                cancel=cancel, out_path=Path(args.out) if args.out else None), args.quiet)
-    return consume(engine.run(req, cancel=cancel, out_path=Path(args.out) if args.out else None), args.quiet)
+    job = job_from(args, request_from(args))
+    return consume(engine.run(job, cancel=cancel, out_path=Path(args.out) if args.out else None), args.quiet)
 
 
 def build_parser(extra_commands=None, top_level=None) -> argparse.ArgumentParser:
@@ -223,12 +249,18 @@ def build_parser(extra_commands=None, top_level=None) -> argparse.ArgumentParser
     add_common(p)
     p.set_defaults(func=cmd_download)
 
-    p = sub.add_parser("plan", help="print the memory plan and its reasons for this or a described machine")
-    p.add_argument("--model", required=True, help="model id: " + ", ".join(catalog.MODELS))
-    p.add_argument("--size", default=None, metavar="WxH", help="default: the model's")
-    p.add_argument("--frames", type=int, default=None, help="default: the model's training length")
+    p = sub.add_parser("plan", help="print the memory plan `generate` would run, and its reasons, for this or "
+                                    "a described machine")
+    add_request_args(p, "frames (default: the model's training length); more is planned window by window",
+                     prompt_default="plan")
+    add_common(p)
+    p.add_argument("--window", type=int, default=None, help="long videos: frames per window")
+    p.add_argument("--overlap", type=int, default=None, help="long videos: frames shared by windows (4m+1)")
+    p.add_argument("--no-windows", action="store_true", help="never split into windows")
     p.add_argument("--vram", type=float, default=None, help="describe a machine: GPU memory in GB (0 = no GPU)")
     p.add_argument("--ram", type=float, default=None, help="describe a machine: RAM in GB")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON (the keys of `plan` in a "
+                                                       "video's sidecar JSON)")
     add_overrides(p)
     p.set_defaults(func=cmd_plan)
 

@@ -38,8 +38,12 @@ def add_extend_command(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+_RESUME_IGNORES = ("model", "prompt", "negative_prompt", "size", "frames", "steps", "shift", "guidance",
+                   "guidance_2", "boundary", "seed", "fps", "window", "overlap", "video")
+
+
 def cmd_extend(args) -> int:
-    from .longvideo import LongRequest, list_resumable, resume_long, run_long
+    from .longvideo import LongRequest, list_resumable
     if args.list:
         jobs = list_resumable(args.outputs_dir or "outputs")
         for j in jobs:
@@ -50,18 +54,37 @@ def cmd_extend(args) -> int:
         return 0
     cancel = threading.Event()
     if args.resume is not None:
+        given = [name for name in _RESUME_IGNORES if getattr(args, name, None) not in (None, False)]
+        if given:
+            raise UserError("resume", "continues with the settings in its journal, so "
+                            + ", ".join("--" + g.replace("_", "-") for g in given) + " would be ignored",
+                            "leave them out, or start a new extend without --resume")
         engine = make_engine(args)
         install_sigint(cancel)
-        return consume(resume_long(engine, args.resume, cancel=cancel), args.quiet)
+        return consume(engine.resume(args.resume, cancel),
+                       args.quiet)
+    if args.video is not None and args.model is None:
+        args.model = _model_of(args.video)
     missing = [flag for flag, v in (("--video", args.video), ("--model", args.model),
                                     ("--prompt", args.prompt), ("--frames", args.frames)) if v is None]
     if missing:
         raise UserError("extend", "needs " + ", ".join(missing),
-                        "e.g. extend --video in.mp4 --model wan2.1-t2v-1.3b --prompt '…' --frames 80, "
-                        "or extend --resume OUT.mp4")
+                        "e.g. extend --video in.mp4 --prompt '…' --frames 80 (the model comes from the "
+                        "video's settings when the app made it; else add --model), or extend --resume OUT.mp4")
     engine = make_engine(args)
     install_sigint(cancel)
     lreq = LongRequest(base=request_from(args), total_frames=args.frames, window=args.window,
                        overlap=args.overlap, color_match=args.color_match, input_video=args.video)
-    return consume(run_long(engine, lreq, cancel=cancel, out_path=Path(args.out) if args.out else None),
-                   args.quiet)
+    return consume(engine.run(lreq, cancel=cancel, out_path=Path(args.out) if args.out else None), args.quiet)
+
+
+def _model_of(video: Path) -> str | None:
+    """The model a video made by this app was generated with (from its metadata), else None."""
+    from . import catalog
+    from .media import read_metadata
+    try:
+        meta = read_metadata(video) or {}
+    except (OSError, UserError):
+        return None
+    model = meta.get("model")
+    return model if model in catalog.MODELS else None

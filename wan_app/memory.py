@@ -81,6 +81,33 @@ def _cast_params(module: nn.Module, dtype: torch.dtype, keep_fp32: list[str]) ->
                 p.data = p.data.to(want)
 
 
+def upcast_on_forward(model: nn.Module, compute: torch.dtype) -> list:
+    """Weights stored in 16 bit run in `compute` (fp32 on a CPU): each layer's parameters are cast just
+    before its forward and pointed back at their storage after it.
+
+    By hand because diffusers' enable_layerwise_casting casts back with `module.to(storage)`, which puts
+    *new* tensors in place of the stored ones: after the first step every memory-mapped weight has become
+    an anonymous copy (a 5B in fp16: 10 GB of RAM the planner counts as file pages)."""
+    handles = []
+    for mod in model.modules():
+        params = [p for p in mod.parameters(recurse=False) if p.is_floating_point() and p.dtype != compute
+                  and p.dtype != torch.float8_e4m3fn]
+        if not params:
+            continue
+
+        def pre(module, args, params=params):
+            module._stored = [p.data for p in params]
+            for p in params:
+                p.data = p.data.to(compute)
+
+        def post(module, args, output, params=params):
+            for p, stored in zip(params, module._stored):
+                p.data = stored
+            module._stored = None
+        handles += [mod.register_forward_pre_hook(pre), mod.register_forward_hook(post)]
+    return handles
+
+
 class _Transformer:
     """One DiT prepared for a plan: cast, fp8, swap hooks, homes for the resident part."""
 
@@ -96,14 +123,18 @@ class _Transformer:
             else:
                 store_fp8_cast(model, compute)
         elif storage != compute:
-            model.enable_layerwise_casting(storage_dtype=storage, compute_dtype=compute)
+            self._upcast = upcast_on_forward(model, compute)
         self.swapper = BlockSwapper(model, model.blocks, plan.blocks_swapped, device, swap_mode, notify).install()
         owned = {id(t) for i in self.swapper.swapped_indices
                  for t in list(model.blocks[i].parameters()) + list(model.blocks[i].buffers())}
         self.homes = _Homes(model, exclude=owned)
 
+    _upcast: list = []
+
     def release(self) -> None:
         self.swapper.remove()
+        for h in self._upcast:
+            h.remove()
         self.homes.offload()
 
 
@@ -259,8 +290,8 @@ def apply_plan(plan: Plan, components, notify: Callable[[str], None] = print,
     _set_global_backend(placement._global_backend_before)
     vae = components.vae
     if vae is not None:
+        # The VAE stays on the CPU; wan_app.vae_codec brings it to the device only to encode or decode.
         vae.enable_tiling() if plan.vae_tiling else vae.disable_tiling()
-        vae.to(placement.device)
     te_dtype = TORCH_DTYPES.get(plan.text_encoder_dtype)
     if components.text_encoder is not None and te_dtype is not None:
         components.text_encoder.to(dtype=te_dtype)

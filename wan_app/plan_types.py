@@ -25,6 +25,35 @@ class Overrides:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
+def _norm_dtype(d: str | None) -> str | None:
+    if not d:
+        return None
+    d = d.lower()
+    return "fp8" if d.startswith("fp8") or "e4m3" in d else d
+
+
+@dataclass(frozen=True)
+class DiskWeights:
+    """How the files that will load are stored: the planner keeps what matches the plan memory-mapped
+    (file-backed pages the kernel can drop) and counts what must be converted as anonymous memory."""
+    dit: str | None = None                # fp32 / bf16 / fp16 / fp8 (scaled fp8 included)
+    text_encoder: str | None = None
+    dit_bytes: int = 0                    # one expert's file bytes (0 = unknown: counted from the shapes)
+    text_encoder_bytes: int = 0
+
+    def __post_init__(self):
+        object.__setattr__(self, "dit", _norm_dtype(self.dit))
+        object.__setattr__(self, "text_encoder", _norm_dtype(self.text_encoder))
+
+    @classmethod
+    def of(cls, files) -> "DiskWeights":
+        """From checkpoints.ModelFiles (what Inventory.resolve returns)."""
+        te = files.text_encoder
+        return cls(dit=files.transformer.dtype, text_encoder=te.dtype if te is not None else None,
+                   dit_bytes=int(files.transformer.nbytes or 0),
+                   text_encoder_bytes=int(te.nbytes or 0) if te is not None else 0)
+
+
 @dataclass
 class Plan:
     device: str                       # "cuda:0", "mps" or "cpu"
@@ -40,7 +69,11 @@ class Plan:
     experts_resident: str = "both"    # A14B: "both" in RAM, or "one" streamed from disk at the switch
     cfg_batched: bool = False         # cond + uncond in one batch-2 forward: one trip per swapped block per step
     est_vram_gb: float = 0.0          # estimated peak VRAM
-    est_ram_gb: float = 0.0           # estimated peak RAM
+    est_ram_gb: float = 0.0           # estimated peak anonymous RAM (must fit: it cannot be dropped)
+    est_file_gb: float = 0.0          # memory-mapped weight files (page cache the kernel may drop and re-read)
+    cfg_passes: int = 2               # forwards per step: 1 at CFG scale 1 (no negative prompt), else 2
+    vram_budget_gb: float = 0.0       # what the plan may fill: GPU memory after the safety margin
+    ram_budget_gb: float = 0.0        # RAM after what the system uses and a margin
     reasons: list[str] = field(default_factory=list)
     forced: list[str] = field(default_factory=list)   # names of fields set by overrides
     text_encoder_kept: bool = True    # umT5 stays in RAM between prompts (False: released, reloaded per prompt)

@@ -19,7 +19,10 @@ VRAM_MARGIN_MIN_GB = 0.5
 # Python + torch + diffusers + transformers resident set before any weights; CUDA builds map ~1.5 GB
 # more of host libraries (cuBLAS, cuDNN).
 RAM_BASE_GB = {"cuda": 3.0, "mps": 2.0, "cpu": 1.5}
-# RAM we leave to the rest of the machine on top of what the OS already reports as in use.
+# The share of RAM an OS, a desktop and a browser keep busy on a typical machine (the planner budgets from
+# the machine's size so a plan does not change from one second to the next; a run warns when more is in use).
+RAM_SYSTEM_FRACTION = 0.10
+# RAM we leave on top of that.
 RAM_MARGIN_FRACTION = 0.05
 RAM_MARGIN_MIN_GB = 1.0
 # Metal caps a process's GPU working set at about 3/4 of unified memory (recommendedMaxWorkingSetSize).
@@ -158,6 +161,42 @@ def activation_gb(spec: ModelSpec, tokens: int, compute: str, efficient_attentio
 # The tiny test models (wan_app.tiny) come with a tiny umT5 and VAE: count them as nothing, so a small
 # CI machine is not refused for an 11 GB encoder it will never load.
 TINY_COMPONENT_GB = 0.01
+
+
+def text_encoder_anon_gb(dtype: str, disk: str | None, spec: ModelSpec | None = None) -> float:
+    """The part of umT5 that is anonymous memory: what loading converts. Tensors already in the file's
+    dtype stay memory-mapped; an fp8 file in an fp8 plan converts only `wo` to 16 bit (see above)."""
+    if spec is not None and spec.tiny:
+        return TINY_COMPONENT_GB
+    disk = disk or dtype
+    if dtype == "fp8":
+        return TEXT_ENCODER_WO_PARAMS * WEIGHT_BYTES["bf16"] / GB if disk == "fp8" else text_encoder_gb("fp8")
+    if disk != dtype:
+        return text_encoder_gb(dtype)
+    # fp16: transformers keeps `wo` in fp32 (T5 overflows fp16), a converted copy of 4 bytes a parameter.
+    return TEXT_ENCODER_WO_PARAMS * WEIGHT_BYTES["fp32"] / GB if dtype == "fp16" else 0.0
+
+
+def dit_anon_small_gb(arch: Arch, storage: str, compute: str, spec: ModelSpec | None = None) -> float:
+    """Anonymous memory of a DiT whose big tensors stay memory-mapped: fp8 files keep only the block
+    linears in fp8 and convert the rest (norms, biases, modulation, the non-block layers) to the compute
+    dtype (wan_app.checkpoints.load); 16-bit storage keeps diffusers' `_keep_in_fp32_modules` (the time
+    embedder, norms, modulation tables) as fp32 copies."""
+    if spec is not None and spec.tiny:
+        return 0.0
+    lin, small = block_params(arch)
+    if storage == "fp8":
+        return (arch.num_layers * small + nonblock_params(arch)) * COMPUTE_BYTES[compute] / GB
+    if storage == "fp32":
+        return 0.0
+    d = arch.dim
+    time_embedder = FREQ_DIM * d + d * d + 2 * d
+    return (time_embedder + arch.num_layers * 12 * d) * 4 / GB
+
+
+def vae_weights_gb(spec: ModelSpec) -> float:
+    """The fp32 VAE in RAM (its home between encodes and decodes)."""
+    return TINY_COMPONENT_GB if spec.tiny else VAE_PARAMS[spec.vae] * VAE_BYTES / GB
 
 
 def text_encoder_gb(dtype: str, spec: ModelSpec | None = None) -> float:

@@ -1,0 +1,431 @@
+"""One job pipeline: a job is a list of windows; a short clip is a job of one window without a journal.
+
+    lock → plan → load → for each window (encode prompt → condition → sample → decode → append) → finish
+
+One OOM policy (a CUDA OOM re-plans once per job and the window restarts from the same overlap and seed,
+so the retry gives the frames it would have given), one error mapping (expected failures become Failed /
+Cancelled events, never exceptions), one metadata builder. Inner steps report through `emit`.
+
+Where the frames go is the job's sink: a clip is held in RAM and written atomically at the end (Stop
+writes nothing); a long video appends each finished window to the mp4 on disk and journals what the next
+window needs (wan_app.longvideo, wan_app.journal), so a crash loses at most the window in flight.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from . import __version__, events, media, outputs, sampler
+from .colormatch import warm_up
+from .errors import Cancelled, UserError
+from .journal import Journal, journal_path, load_overlap, overlap_path, save_overlap
+from .longvideo import (LongRequest, join_window, new_frames, plan_windows, prompt_for, uses_image_conditioning,
+                        window_seed)
+from .media import GrowingVideo, write_mp4
+from .request import Request
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[events.Event], None]
+
+
+def is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+@dataclass
+class Window:
+    index: int
+    frames: int                  # frames generated, the overlap included
+    keep: int                    # frames it adds to the video
+    seed: int
+    prompt: str
+
+
+@dataclass
+class Job:
+    request: Request             # resolved; frames = the longest window
+    spec: object                 # catalog.ModelSpec
+    files: object                # checkpoints.ModelFiles
+    plan: object                 # plan_types.Plan: the plan that runs (PlanReady carries it)
+    windows: list[Window]
+    sink: "ClipSink | LongSink"
+    long: LongRequest | None = None       # None: a plain clip
+    overlap: np.ndarray | None = None     # uint8 frames the next window continues
+    start: int = 0                        # first window to run (resume)
+    forwards_before: int = 0              # transformer forwards of the windows a resumed job already has
+
+    @property
+    def path(self) -> Path:
+        return self.sink.path
+
+
+# ---- sinks -------------------------------------------------------------------------------------------
+class ClipSink:
+    """A clip: frames in RAM, one atomic mp4 (+ sidecar JSON) when the job finishes."""
+
+    def __init__(self, path: Path, fps: int):
+        self.path, self.fps = Path(path), fps
+        self.frames: list[np.ndarray] = []
+        self.frames_written = 0
+
+    def append(self, k: int, frames: np.ndarray, next_overlap, meta: dict) -> None:
+        self.frames.append(frames)
+
+    def finish(self, meta: dict) -> None:
+        frames = self.frames[0] if len(self.frames) == 1 else np.concatenate(self.frames)
+        write_mp4(frames, self.path, self.fps, meta)
+        self.frames_written = len(frames)
+
+    def stopped_message(self) -> str:
+        return "Stopped."
+
+    def playable(self) -> Path | None:
+        return None
+
+    def failure_hint(self, oom: bool) -> str:
+        return ("lower the size or frame count, or force more block swap in Settings" if oom
+                else "see the console log for details")
+
+
+class LongSink:
+    """A long video: each window appended to the mp4 on disk (playable after every append) and journaled
+    with the exact frames the next window starts from."""
+
+    def __init__(self, journal: Journal, video: GrowingVideo):
+        self.journal, self.video = journal, video
+        self.path = Path(journal.video)
+
+    @property
+    def frames_written(self) -> int:
+        return self.video.frames_written
+
+    def append(self, k: int, frames: np.ndarray, next_overlap, meta: dict) -> None:
+        j = self.journal
+        if next_overlap is not None:
+            # Saved before the append: whatever moment a crash picks, a video with k+1 windows always has
+            # the exact frames window k+1 starts from beside it.
+            save_overlap(self.path, k + 1, next_overlap)
+        self.video.append(frames, metadata=meta)
+        j.windows_done, j.segments, j.frames_done = k + 1, self.video.segments, self.video.frames_written
+        j.save()
+        overlap_path(self.path, k).unlink(missing_ok=True)
+
+    def finish(self, meta: dict) -> None:
+        self.video.discard_parts()
+        self.journal.discard()
+
+    def stopped_message(self) -> str:
+        j = self.journal
+        if not j.frames_done:
+            return "Stopped."
+        return (f"Stopped after {j.windows_done} of {len(j.windows)} windows ({j.frames_done} frames); "
+                "resume to continue.")
+
+    def playable(self) -> Path | None:
+        return self.path if self.video.frames_written and self.path.exists() else None
+
+    def failure_hint(self, oom: bool) -> str:
+        return (f"the finished windows are in {self.path}; continue with "
+                f"`python app.py extend --resume {self.path}`"
+                + (" after freeing memory or with a smaller window" if oom else ""))
+
+
+# ---- building jobs -----------------------------------------------------------------------------------
+def _floor_4n1(v: int) -> int:
+    return max(1, (v - 1) // 4 * 4 + 1)
+
+
+def clip_job(engine, req: Request, out_path: Path | None, overrides) -> Job:
+    plan, req, spec, files = engine._plan_clip(req, overrides)
+    path = Path(out_path) if out_path else outputs.new_output_path(
+        outputs.ensure_writable(engine.outputs_dir), req.prompt, req.seed)
+    outputs.ensure_writable(path.parent)
+    windows = [Window(0, req.frames, req.frames, req.seed, req.prompt)]
+    return Job(req, spec, files, plan, windows, ClipSink(path, req.fps))
+
+
+def long_layout(engine, lreq: LongRequest, overrides, files_required: bool = True, runnable: bool = True):
+    """(base request resolved, window, overlap, windows) for a long job, checked before anything loads.
+    Not `runnable`: a model that cannot fit at all gives windows None (the 1-frame plan says why)."""
+    if not isinstance(lreq.color_match, (int, float)) or not 0 <= lreq.color_match <= 1:
+        raise UserError("color_match", f"{lreq.color_match} is out of range", "use 0 (off) to 1 (full)")
+    # A 1-frame plan resolves the request (seed, size, fps) and gives the plan's frame limit.
+    probe, base, spec, _ = engine._plan_clip(replace(lreq.base, frames=1), overrides, runnable=runnable,
+                                             files_required=files_required)
+    if probe.blocker:
+        return base, None, None, None
+    cap = _floor_4n1(probe.max_frames)
+    window = lreq.window if lreq.window is not None else min(spec.frames, cap)
+    if isinstance(window, int) and window > cap:
+        raise UserError("window", f"{window} frames at {base.width}x{base.height} do not fit this machine",
+                        f"use a window of at most {cap} frames")
+    overlap = 5 if lreq.overlap is None else lreq.overlap
+    windows = plan_windows(lreq.total_frames, window, overlap, first_from_video=lreq.input_video is not None)
+    return base, window, overlap, windows
+
+
+def _windows_of(lreq: LongRequest, frames: list[int]) -> list[Window]:
+    keep = new_frames(frames, lreq.overlap, lreq.total_frames, lreq.input_video is not None)
+    return [Window(k, f, keep[k], window_seed(lreq.base.seed, k), prompt_for(lreq.base.prompt, k))
+            for k, f in enumerate(frames)]
+
+
+def long_job(engine, lreq: LongRequest, out_path: Path | None, overrides) -> Job:
+    """Validate, read the input's overlap, plan the longest window, create the output and its journal."""
+    base, window, overlap, frames = long_layout(engine, lreq, overrides)
+    from_video = lreq.input_video is not None
+    first_overlap = None
+    if from_video:
+        first_overlap = _check_video(Path(lreq.input_video), base.width, base.height, base.fps, overlap)
+    plan, req, spec, files = engine._plan_clip(replace(base, frames=max(frames)), overrides)
+    lreq = replace(lreq, base=replace(base, frames=None), window=window, overlap=overlap,
+                   input_video=Path(lreq.input_video) if from_video else None)
+    if out_path is None:
+        out_path = outputs.new_output_path(outputs.ensure_writable(engine.outputs_dir),
+                                           prompt_for(base.prompt, 0), base.seed)
+    path = Path(out_path)
+    outputs.ensure_writable(path.parent)
+    if journal_path(path).exists():
+        raise UserError("out", f"{path.name} is an unfinished long video",
+                        f"resume it (python app.py extend --resume {path}) or choose another output")
+    journal = Journal(video=str(path.resolve()), request=lreq.to_dict(), windows=frames)
+    sink = LongSink(journal, GrowingVideo(path, base.fps))
+    job = Job(req, spec, files, plan, _windows_of(lreq, frames), sink, long=lreq, overlap=first_overlap)
+    if from_video:
+        sink.video.append(media.iter_video(lreq.input_video, base.width, base.height, base.fps),
+                          metadata=metadata(job, None, 0))
+        journal.input_frames = journal.frames_done = sink.video.frames_written
+        journal.segments = sink.video.segments
+        save_overlap(path, 0, first_overlap)
+    journal.frames_total = journal.input_frames + lreq.total_frames
+    journal.save()
+    return job
+
+
+def resumed_job(engine, job_path: Path) -> Job:
+    """Rebuild a long job from its journal; reconcile a crash that fell between an append and the journal."""
+    journal = Journal.load(job_path)
+    lreq = LongRequest.from_dict(journal.request)
+    path = Path(journal.video)
+    plan, req, spec, files = engine._plan_clip(replace(lreq.base, frames=max(journal.windows)), None)
+    if journal.segments == 0 and not media.parts_dir(path).joinpath(GrowingVideo.STATE).exists():
+        video = GrowingVideo(path, lreq.base.fps)
+    else:
+        video = GrowingVideo.open_existing(path)
+    n = len(journal.windows)
+    if video.segments == journal.segments + 1 and journal.windows_done < n and (
+            journal.windows_done + 1 == n or overlap_path(path, journal.windows_done + 1).exists()):
+        # The window was appended (and its overlap saved before that) but the journal not yet updated.
+        journal.windows_done += 1
+        journal.segments, journal.frames_done = video.segments, video.frames_written
+        journal.save()
+    elif video.segments != journal.segments:
+        raise UserError("resume", f"{path.name} has {video.segments} parts but its journal expects "
+                        f"{journal.segments}", "start the video again")
+    k = journal.windows_done
+    needs_overlap = k < n and (k > 0 or lreq.input_video is not None)
+    overlap = load_overlap(path, k) if needs_overlap else None
+    before = int((video.metadata or {}).get("forwards", 0)) if k else 0
+    return Job(req, spec, files, plan, _windows_of(lreq, journal.windows), LongSink(journal, video),
+               long=lreq, overlap=overlap, start=k, forwards_before=before)
+
+
+def _check_video(path: Path, width: int, height: int, fps: int, overlap: int) -> np.ndarray:
+    """The last `overlap` frames of the input at the model's size and fps; UserError if unreadable or
+    too short. Decodes the whole input but holds only those frames."""
+    if not path.is_file():
+        raise UserError("video", f"{path} does not exist", "choose a video file to extend")
+    last = media.read_video(path, width, height, fps, last_frames=overlap)
+    if len(last) < overlap:
+        raise UserError("video", f"{path.name} has only {len(last)} frames at {fps} fps; extending it needs "
+                        f"at least the {overlap} overlap frames", "choose a longer video or a smaller overlap")
+    return last
+
+
+# ---- metadata ----------------------------------------------------------------------------------------
+def metadata(job: Job, sampled: sampler.Sampled | None, frames: int, forwards: int = 0,
+             placement=None, complete: bool = False, seconds: float | None = None) -> dict:
+    """What every video records: the request, the plan that ran and the transformer forwards it took."""
+    req = job.request
+    meta = {
+        "app": "wan-studio", "version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": job.spec.id, "model_name": job.spec.name,
+        "request": req.to_dict(),
+        "frames": frames, "width": req.width, "height": req.height, "fps": req.fps,
+        "files": job.files.describe(),
+        "plan": job.plan.to_dict(),
+        "forwards": forwards, "forwards_skipped": 0,
+    }
+    if sampled is not None:
+        meta["timesteps"] = [int(t) for t in sampled.schedule.timesteps]
+    if placement is not None:
+        meta["attention"] = placement.attention_backend
+    if job.long is not None:
+        j = job.sink.journal
+        meta["request"] = replace(req, prompt=job.long.base.prompt, seed=job.long.base.seed,
+                                  frames=j.frames_total).to_dict()
+        meta["long"] = {**{k: v for k, v in job.long.to_dict().items() if k != "base"},
+                        "windows": j.windows, "input_frames": j.input_frames, "complete": complete}
+    if seconds is not None:
+        meta["seconds"] = seconds
+    return meta
+
+
+# ---- running ----------------------------------------------------------------------------------------
+class _Eta:
+    """Seconds left in the whole job: the steps left in this window and in every later one at the measured
+    seconds per step, plus each remaining decode at its last measured time (unknown until measured once)."""
+
+    def __init__(self, job: Job, codec):
+        self.job, self.codec = job, codec
+        self.per_step: float | None = None
+
+    def for_window(self, w: Window):
+        steps = self.job.request.steps
+        later = self.job.windows[w.index + 1:]
+
+        def eta(done: int, total: int, elapsed: float) -> float:
+            self.per_step = elapsed / done
+            left = (total - done) * self.per_step + len(later) * steps * self.per_step
+            for win in [w, *later]:
+                left += self.codec.decode_seconds(self.job.spec.latent_shape(
+                    win.frames, self.job.request.width, self.job.request.height)) or 0.0
+            return left
+        return eta
+
+
+def run_window(engine, job: Job, w: Window, emit: Emit, cancel=None, eta=None):
+    """Encode the prompt, condition, sample and decode one window; returns its frames (overlap included)."""
+    host = engine.host
+    req = replace(job.request, prompt=w.prompt, frames=w.frames, seed=w.seed)
+    n = len(job.windows)
+    tag = dict(window=w.index, windows=n) if job.long is not None else {}
+    emit(events.Progress("encode", message="encoding the prompt" if n == 1 else
+                         f"window {w.index + 1}/{n}: encoding the prompt", **tag))
+    negative = req.negative_prompt if sampler.needs_negative_prompt(req) else None
+    cond, uncond = host.encode(req.prompt, negative)
+    cut = host.tokens_cut(req.prompt)
+    if cut:
+        emit(events.Notice(f"The prompt is {cut} tokens longer than umT5's {job.spec.text_len}; "
+                           f"the last {cut} tokens were left out."))
+    latents = sampler.initial_noise(job.spec, req)
+    conditioning = None
+    if job.overlap is not None:
+        emit(events.Progress("encode", message="encoding the overlap with the VAE", **tag))
+        clean = host.codec.encode(job.overlap)
+        if uses_image_conditioning(job.spec):
+            conditioning = sampler.CleanFirstLatents(clean)
+        else:
+            # The overlap's noise is the slice of the window's own seeded noise that it replaces: fixed for
+            # the whole window, reproducible from the seed; at σ≈1 the injection changes little.
+            conditioning = sampler.OverlapReinjection(clean, latents[:, :, :clean.shape[2]].clone())
+    sampled = sampler.sample(req, job.spec, job.plan, host.placement, latents, cond, uncond, emit,
+                             conditioning, cancel, engine.step_hooks, eta,
+                             window=tag.get("window"), windows=tag.get("windows"))
+    emit(events.Progress("decode", message="decoding with the VAE", **tag))
+    host.placement.before_decode()
+    return host.codec.decode(sampled.latents), sampled
+
+
+def run_job(engine, make_job: Callable[[], Job], emit: Emit, cancel) -> None:
+    """Run a job to its end, reporting everything as events (never raising for expected failures)."""
+    t_start = time.perf_counter()
+    job = None
+    try:
+        with engine.busy():
+            job = make_job()
+            _run_windows(engine, job, emit, cancel, t_start)
+    except UserError as e:
+        emit(events.Failed(f"{e.field}: {e.problem}", e.fix))
+    except Cancelled:
+        emit(events.Cancelled(job.sink.stopped_message() if job else "Stopped.",
+                              path=job.sink.playable() if job else None))
+    except Exception as e:  # noqa: BLE001 - the UI must get a message, not a dead stream
+        log.exception("run failed")
+        oom = is_oom(e)
+        if job is None:
+            emit(events.Failed(f"{type(e).__name__}: {e}", "see the console log for details"))
+            return
+        what = ("Out of GPU memory, even after re-planning." if oom and job.long is None else
+                "Out of memory" if oom else f"{type(e).__name__}: {e}")
+        if job.long is not None:
+            what += f" in window {job.sink.journal.windows_done + 1}"
+        emit(events.Failed(what, job.sink.failure_hint(oom)))
+
+
+def _run_windows(engine, job: Job, emit: Emit, cancel, t_start: float) -> None:
+    emit(events.PlanReady(job.plan, list(job.plan.reasons)))
+    n = len(job.windows)
+    if job.long is not None and job.long.color_match > 0:
+        warm_up()
+    last_meta = job.sink.video.metadata if job.long is not None else None
+    forwards = job.forwards_before
+    if job.start < n:
+        engine.host.load(job.files, job.plan, emit)
+    eta = _Eta(job, engine.host.codec) if engine.host.codec else None
+    retried = False
+    for w in job.windows[job.start:]:
+        if cancel is not None and cancel.is_set():
+            raise Cancelled()
+        while True:
+            try:
+                frames, sampled = run_window(engine, job, w, emit, cancel, eta.for_window(w))
+                break
+            except Exception as exc:  # noqa: BLE001 - only a first OOM is retried; the window restarts
+                # from the same overlap and seed, so the retry gives the frames it would have given.
+                if not is_oom(exc) or retried or not _replan_after_oom(engine, job, emit):
+                    raise
+                retried = True
+                engine.host.load(job.files, job.plan, emit)
+        forwards += sampled.forwards
+        frames = join_window(frames, job.overlap, job.long.color_match if job.long else 0.0, w.keep)
+        last = w.index + 1 == n
+        next_overlap = None
+        if not last:
+            o = job.long.overlap
+            tail = frames if job.overlap is None else np.concatenate([job.overlap, frames])
+            next_overlap = np.ascontiguousarray(tail[-o:])
+        if job.long is not None:
+            emit(events.Progress("write", message=f"window {w.index + 1}/{n}: appending {len(frames)} frames",
+                                 window=w.index, windows=n))
+        else:
+            emit(events.Progress("write", message="writing the mp4"))
+        seconds = round(time.perf_counter() - t_start, 2) if last else None
+        last_meta = metadata(job, sampled, job.sink.frames_written + len(frames), forwards,
+                             engine.host.placement, complete=last, seconds=seconds)
+        job.sink.append(w.index, frames, next_overlap, last_meta)
+        job.overlap = next_overlap
+        del frames
+        if job.long is not None:
+            emit(events.WindowDone(w.index, n, job.sink.journal.frames_done, job.path))
+    if last_meta is None:      # a resumed job whose windows were all done already
+        last_meta = metadata(job, None, job.sink.frames_written, forwards, complete=True)
+    last_meta.setdefault("seconds", round(time.perf_counter() - t_start, 2))
+    if job.long is not None:
+        emit(events.Progress("write", message="finishing the video"))
+    job.sink.finish(last_meta)
+    emit(events.Finished(job.path, last_meta, last_meta["seconds"]))
+
+
+def _replan_after_oom(engine, job: Job, emit: Emit) -> bool:
+    """After a CUDA OOM: free everything, ask the planner for a safer plan (more swap, tiling, text
+    encoder to CPU), tell the user what changed. False when nothing is left to give."""
+    new_plan = engine.replan_after_oom(job)
+    engine.host.unload(keep_components=new_plan is not None and new_plan.weight_dtype == job.plan.weight_dtype
+                       and new_plan.weight_dtype != "fp8")
+    if new_plan is None:
+        return False
+    emit(events.Notice("Ran out of GPU memory; retrying once with a safer plan: "
+                       + "; ".join(r for r in new_plan.reasons if r not in job.plan.reasons)))
+    job.plan = new_plan
+    emit(events.PlanReady(new_plan, list(new_plan.reasons)))
+    return True

@@ -1,0 +1,195 @@
+"""The denoising loop: official σ schedule, CFG, the A14B expert choice, a preview every step.
+
+We own the loop instead of calling diffusers' WanPipeline because the product needs what the pipeline
+does not give: the official σ schedule, a preview and an ETA every step, the live A14B switch with weight
+moves, cancel between steps without decoding a half-done latent, block swap, and a re-plan after a CUDA
+OOM. A test keeps it equal to WanPipeline on the same weights, noise and embeddings.
+
+How a clip is conditioned is a strategy (`Conditioning`): plain text-to-video; overlap re-injection (how
+T2V models continue a clip); Wan2.2 TI2V's clean first latents at timestep 0 per token.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from . import events, sampling
+from .errors import Cancelled
+from .preview import latent_to_rgb
+
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+Emit = Callable[[events.Event], None]
+
+
+# ---- conditioning strategies ------------------------------------------------------------------------
+class Conditioning:
+    """Plain text-to-video: the model sees the latents as they are."""
+
+    def to(self, device: torch.device, dtype: torch.dtype) -> None:
+        pass
+
+    def before_step(self, step: int, sigma: float, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def model_input(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x, t
+
+    def clean(self, x0: torch.Tensor) -> torch.Tensor:
+        return x0
+
+    def finish(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+class OverlapReinjection(Conditioning):
+    """T2V continuation: before every step the first latent frames become the overlap latents noised to
+    that step's σ (flow matching: x = (1−σ)·z + σ·ε). The same noise at every step keeps them on one
+    straight flow path from noise to the clean overlap, as if the model itself had denoised them; after
+    the last step (σ = 0) they are exactly the overlap."""
+
+    def __init__(self, clean: torch.Tensor, noise: torch.Tensor):
+        self.z, self.e, self.n = clean, noise, clean.shape[2]
+
+    def to(self, device, dtype) -> None:
+        self.z, self.e = self.z.to(device, dtype), self.e.to(device, dtype)
+
+    def before_step(self, step, sigma, x):
+        x = x.clone()   # the solver may keep a reference to the tensor it returned last step
+        x[:, :, :self.n] = sampling.noise_to_sigma(self.z, self.e, sigma)
+        return x
+
+    def finish(self, x):
+        return self.before_step(-1, 0.0, x)
+
+
+class CleanFirstLatents(Conditioning):
+    """Wan2.2 TI2V's image conditioning, as diffusers' WanImageToVideoPipeline(expand_timesteps=True) does
+    it: the first latent frames are given clean, with timestep 0 on their tokens, and written back at the
+    end. The model was trained with it; Extend uses it for the overlap."""
+
+    def __init__(self, condition: torch.Tensor):
+        self.c, self.n = condition, condition.shape[2]
+        self.token_keep = None
+
+    def to(self, device, dtype) -> None:
+        self.c = self.c.to(device, torch.float32)
+
+    def _keep(self, x: torch.Tensor) -> torch.Tensor:
+        if self.token_keep is None:
+            keep = torch.ones(x.shape[2:], device=x.device)
+            keep[:self.n] = 0
+            self.token_keep = keep[:, ::2, ::2].flatten()[None]   # patch (1, 2, 2): a token per 2×2 latents
+        return self.token_keep
+
+    def model_input(self, x, t):
+        return torch.cat([self.c.to(x.dtype), x[:, :, self.n:]], dim=2), self._keep(x) * t
+
+    def clean(self, x0):
+        x0[:, :, :self.n] = self.c
+        return x0
+
+    def finish(self, x):
+        return torch.cat([self.c.to(x.dtype), x[:, :, self.n:]], dim=2)
+
+
+# ---- the loop ---------------------------------------------------------------------------------------
+@dataclass
+class Sampled:
+    latents: torch.Tensor            # float32 on the CPU
+    schedule: sampling.Schedule
+    forwards: int                    # transformer forwards run (a batched CFG pair counts as two)
+
+
+def cfg_passes(scale: float) -> int:
+    """CFG at scale 1 is exactly the conditional prediction (uncond + 1·(cond − uncond)), so one forward;
+    the official code runs both passes anyway. Any other scale keeps both."""
+    return 1 if scale == 1.0 else 2
+
+
+def needs_negative_prompt(req) -> bool:
+    return any(g is not None and cfg_passes(g) == 2 for g in (req.guidance, req.guidance_2))
+
+
+@torch.no_grad()
+def sample(req, spec, plan, placement, latents: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor | None,
+           emit: Emit, conditioning: Conditioning | None = None, cancel: threading.Event | None = None,
+           step_hooks=(), eta: Callable[[int, int, float], float] | None = None,
+           window: int | None = None, windows: int | None = None) -> Sampled:
+    """Denoise `latents` with the request's solver, steps, shift and CFG on the plan's device.
+
+    `eta(step_done, steps, seconds_so_far)` gives the job's remaining seconds for each Progress event.
+    """
+    device = torch.device(plan.device)
+    dtype = TORCH_DTYPES[plan.compute_dtype]
+    conditioning = conditioning or Conditioning()
+    conditioning.to(device, torch.float32)
+    schedule, solver = sampling.make_solver(req.solver, req.steps, req.shift, device=device)
+    x = latents.to(device)
+    cond = cond.to(device, dtype)
+    uncond = uncond.to(device, dtype) if uncond is not None else None
+    # plan.cfg_batched: cond and uncond as one batch of 2, so swapped blocks cross the bus once a step
+    both = torch.cat([cond, uncond]) if plan.cfg_batched and uncond is not None else None
+    expert, forwards = None, 0
+    t0 = time.perf_counter()
+    n = schedule.steps
+    for i, t in enumerate(schedule.timesteps):
+        if cancel is not None and cancel.is_set():
+            raise Cancelled()
+        want = sampling.expert_for(t, req.boundary)
+        if want != expert:
+            seconds = placement.activate(want)
+            if expert is not None:
+                emit(events.ExpertSwitch(i, expert, want, seconds, window=window))
+            expert = want
+        for hook in step_hooks:
+            hook(i, want)
+        sigma = float(schedule.sigmas[i])
+        x = conditioning.before_step(i, sigma, x)
+        model = placement.transformer(want)
+        scale = req.guidance_2 if want == "low" else req.guidance
+        x_model, t_model = conditioning.model_input(x, t.to(device))
+        if cfg_passes(scale) == 1:
+            v = _forward(model, x_model.to(dtype), t_model, cond)
+            forwards += 1
+        else:
+            if uncond is None:
+                raise ValueError("CFG with a scale other than 1 needs the negative prompt's embeddings")
+            v = sampling.cfg(*_velocities(model, x_model.to(dtype), t_model, cond, uncond, both), scale)
+            forwards += 2
+        # a preview every step: the linear latent→RGB map costs milliseconds
+        x0 = conditioning.clean(sampling.predicted_clean(x_model, v, sigma))
+        emit(events.Preview(i + 1, n, latent_to_rgb(x0, spec.vae), expert=None if want == "only" else want,
+                            window=window))
+        x = solver.step(v, t, x)
+        elapsed = time.perf_counter() - t0
+        emit(events.Progress("sample", i + 1, n, eta_s=eta(i + 1, n, elapsed) if eta else None,
+                             message=f"step {i + 1}/{n}", window=window, windows=windows))
+    x = conditioning.finish(x)
+    return Sampled(x.float().cpu(), schedule, forwards)
+
+
+def _forward(model, x, t, context):
+    tt = t.expand(x.shape[0]) if t.ndim == 0 else t
+    return model(hidden_states=x, timestep=tt, encoder_hidden_states=context, return_dict=False)[0]
+
+
+def _velocities(model, x, t, cond, uncond, both=None):
+    """(v_cond, v_uncond): two forwards, or one batch-2 forward when `both` = cat([cond, uncond])."""
+    if both is not None:
+        t2 = t.expand(2) if t.ndim == 0 else t.expand(2, -1)        # per-token timesteps are [1, seq]
+        v = model(hidden_states=torch.cat([x, x]), timestep=t2, encoder_hidden_states=both,
+                  return_dict=False)[0]
+        return v[:1], v[1:]
+    return _forward(model, x, t, cond), _forward(model, x, t, uncond)
+
+
+def initial_noise(spec, req) -> torch.Tensor:
+    """Gaussian noise from a CPU generator, so a seed gives the same video on any device."""
+    shape = (1, *spec.latent_shape(req.frames, req.width, req.height))
+    g = torch.Generator("cpu").manual_seed(int(req.seed))
+    return torch.randn(shape, generator=g, dtype=torch.float32)
