@@ -59,11 +59,11 @@ class ModelHost:
         self.unload(keep_components=self._comp_key == comp_key and plan.weight_dtype != "fp8")
         # Built in the storage dtype one tensor at a time (a tensor already in it stays memory-mapped);
         # fp8 plans keep the block linears fp8 and the rest in the compute dtype.
-        storage = TORCH_DTYPES[plan.compute_dtype if plan.weight_dtype == "fp8" else plan.weight_dtype]
+        compute = TORCH_DTYPES[plan.compute_dtype]
         if self.components is None:
             emit(events.Progress("load", message=f"loading {files.spec.name}"))
             self.components = load_components(
-                files, dtype=storage, experts=plan.experts_resident,
+                files, dtype=compute, storage_dtype=plan.weight_dtype, experts=plan.experts_resident,
                 text_encoder_dtype=_text_encoder_dtype(plan), fp8=plan.weight_dtype == "fp8",
                 text_encoder_fp8=plan.text_encoder_dtype == "fp8")
             self.codec = VaeCodec(self.components.vae, plan.device, self.components.sources.get("vae"))
@@ -71,7 +71,7 @@ class ModelHost:
         notices: list[str] = []
         self.placement = apply_plan(plan, self.components, notify=notices.append,
                                     load_expert=lambda which: load_transformer(
-                                        files, which, dtype=storage,
+                                        files, which, dtype=compute, storage_dtype=plan.weight_dtype,
                                         fp8=plan.weight_dtype == "fp8"))
         self.codec.device = torch.device(plan.device)
         for n in notices:
