@@ -126,3 +126,112 @@ def test_is_inside_rejects_symlink_escapes(tmp_path):
     inside.write_bytes(b"x")
     (root / "alias.mp4").symlink_to(inside)
     assert is_inside(root / "alias.mp4", root)
+
+
+# ---- only finished, regular videos are listed -----------------------------------------------------------
+
+def test_an_unfinished_long_video_is_not_listed_as_finished(tmp_path):
+    done = tiny_video(new_output_path(tmp_path, "done", 1, now=NOON))
+    growing = tiny_video(new_output_path(tmp_path, "growing", 2, now=NOON))
+    growing.with_name(growing.stem + ".journal.json").write_text("{}")     # its journal: still being made
+    assert [i.path for i in list_outputs(tmp_path)] == [done]
+    both = {i.path: i.finished for i in list_outputs(tmp_path, include_unfinished=True)}
+    assert both == {done: True, growing: False}
+
+
+def test_symlinked_videos_and_day_folders_are_not_listed(tmp_path):
+    outside = tmp_path / "elsewhere"
+    secret = tiny_video(outside / "secret.mp4")
+    root = tmp_path / "outputs"
+    real = tiny_video(new_output_path(root, "mine", 1, now=NOON))
+    (real.parent / "link.mp4").symlink_to(secret)
+    (root / "2025-01-01").symlink_to(outside, target_is_directory=True)
+    assert [i.path for i in list_outputs(root)] == [real]
+
+
+# ---- choosing the outputs folder ---------------------------------------------------------------------------
+
+def test_a_new_folder_or_one_the_app_made_is_accepted(tmp_path):
+    from wan_app.outputs import check_outputs_dir
+    assert check_outputs_dir(tmp_path / "new") == tmp_path / "new"
+    day = new_output_path(tmp_path / "outs", "x", 1, now=NOON)
+    tiny_video(day, {"app": "wan-studio"})
+    (tmp_path / "outs" / ".gradio").mkdir()
+    assert check_outputs_dir(tmp_path / "outs") == (tmp_path / "outs").resolve()
+
+
+@pytest.mark.parametrize("where, words", [
+    (lambda t: "/", "root of a drive"),
+    (lambda t: os.path.expanduser("~"), "home folder"),
+    (lambda t: "/etc", "system folder"),
+    (lambda t: "/usr/share/wan", "system folder"),
+    (lambda t: "/var/lib", "system folder"),
+    (lambda t: "/tmp", "temp folder"),
+])
+def test_a_folder_whose_serving_would_expose_the_machine_is_refused(tmp_path, where, words):
+    from wan_app.outputs import check_outputs_dir
+    with pytest.raises(UserError) as e:
+        check_outputs_dir(where(tmp_path))
+    assert e.value.field == "outputs_dir" and words in e.value.problem
+
+
+def test_a_folder_holding_home_folders_is_refused(tmp_path, monkeypatch):
+    from wan_app.outputs import check_outputs_dir
+    monkeypatch.setenv("HOME", str(tmp_path / "home" / "alice"))
+    (tmp_path / "home" / "alice").mkdir(parents=True)
+    with pytest.raises(UserError, match="holding home folders"):
+        check_outputs_dir(tmp_path / "home")
+    assert check_outputs_dir(tmp_path / "home" / "alice" / "videos")      # inside a home is fine
+
+
+def test_a_symlink_to_a_refused_folder_is_refused_too(tmp_path):
+    from wan_app.outputs import check_outputs_dir
+    (tmp_path / "outs").symlink_to("/etc")
+    with pytest.raises(UserError, match="system folder"):
+        check_outputs_dir(tmp_path / "outs")
+
+
+@pytest.mark.parametrize("outs", ["models", "models/sub", "."])
+def test_a_models_folder_is_never_the_outputs_folder(tmp_path, outs):
+    from wan_app.outputs import check_outputs_dir
+    (tmp_path / "models").mkdir()
+    with pytest.raises(UserError) as e:
+        check_outputs_dir(tmp_path / outs, models_dirs=[tmp_path / "models"])
+    assert "models folder" in e.value.problem
+
+
+def test_an_existing_folder_of_other_files_is_refused_naming_some(tmp_path):
+    from wan_app.outputs import check_outputs_dir
+    (tmp_path / "docs").mkdir()
+    for n in ("thesis.pdf", "notes.txt", ".ssh", "b.png", "c.png"):
+        (tmp_path / "docs" / n).write_text("x")
+    with pytest.raises(UserError) as e:
+        check_outputs_dir(tmp_path / "docs")
+    assert ".ssh" in e.value.problem and "2 more" in e.value.problem
+
+
+# ---- cleaning up after crashes and uploads ------------------------------------------------------------------
+
+def test_clean_stale_removes_old_partials_and_old_uploads_only(tmp_path):
+    from wan_app.outputs import clean_stale
+    video = tiny_video(new_output_path(tmp_path, "x", 1, now=NOON))
+    day = video.parent
+    old_partial = day / ".x.mp4.0a1b2c3d.partial"
+    new_partial = day / ".y.mp4.0a1b2c3d.partial"
+    upload = tmp_path / ".gradio" / "abc123" / "clip.mp4"
+    fresh_upload = tmp_path / ".gradio" / "def456" / "now.png"
+    for p in (old_partial, new_partial, upload, fresh_upload):
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"x")
+    outside = tmp_path.parent / f"{tmp_path.name}-outside.txt"
+    outside.write_text("keep")
+    (tmp_path / ".gradio" / "link").symlink_to(outside)
+    t = time.time()
+    week = t - 7 * 24 * 3600
+    for p in (old_partial, upload):
+        os.utime(p, (week, week))
+    os.utime(tmp_path / ".gradio" / "link", (week, week), follow_symlinks=False)
+    deleted = clean_stale(tmp_path, now=t)
+    assert sorted(deleted) == sorted([old_partial, upload, tmp_path / ".gradio" / "link"])
+    assert new_partial.exists() and fresh_upload.exists() and video.exists() and outside.read_text() == "keep"
+    assert not (tmp_path / ".gradio" / "abc123").exists()          # emptied folders go too
