@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from . import events, planner, sampler
-from .checkpoints import scan
+from .checkpoints import InventoryCache
 from .hardware import Hardware, detect
 from .longvideo import LongRequest
 from .model_host import ModelHost
@@ -52,16 +52,15 @@ class Engine:
         self.hardware = hardware or detect()
         self.overrides = overrides or Overrides()     # the default for jobs that bring none
         self.host = ModelHost()
-        self._inventory = None
+        self._inventories = InventoryCache()
         self._lock = threading.Lock()
         # Called as hook(step_index, expert) before each step; tests inject faults (e.g. an OOM) here.
         self.step_hooks: list[Callable[[int, str], None]] = []
 
     # ---- inputs -----------------------------------------------------------------------------------
     def inventory(self, refresh: bool = False):
-        if self._inventory is None or refresh:
-            self._inventory = scan(self.models_dirs)
-        return self._inventory
+        """What the models folders hold; re-read only where a folder changed (refresh: every header)."""
+        return self._inventories.get(self.models_dirs, refresh=refresh)
 
     def plan(self, job: Request | LongRequest, overrides: Overrides | None = None,
              files_required: bool = True) -> Plan:
@@ -79,7 +78,7 @@ class Engine:
         is to run."""
         req, spec = resolve(req)
         try:
-            files = self.inventory(refresh=True).resolve(spec.id)
+            files = self.inventory().resolve(spec.id)
         except UserError:
             if files_required:
                 raise

@@ -362,8 +362,20 @@ def run_job(engine, make_job: Callable[[], Job], emit: Emit, cancel) -> None:
         emit(events.Failed(what, job.sink.failure_hint(oom)))
 
 
+def _warn_if_ram_is_taken(plan, emit: Emit) -> None:
+    """The plan budgets RAM from the machine's size (so it is the same plan every time); when other
+    programs hold more than the share it leaves them, say so before loading rather than swap silently."""
+    import psutil
+    free_gb = psutil.virtual_memory().available / 1e9
+    if plan.est_ram_gb > free_gb:
+        emit(events.Notice(f"This run needs about {plan.est_ram_gb:.1f} GB of RAM and {free_gb:.1f} GB is free "
+                           "now: close other programs, or the system may swap."))
+
+
 def _run_windows(engine, job: Job, emit: Emit, cancel, t_start: float) -> None:
     emit(events.PlanReady(job.plan, list(job.plan.reasons)))
+    if not engine.hardware.simulated_machine:
+        _warn_if_ram_is_taken(job.plan, emit)
     n = len(job.windows)
     if job.long is not None and job.long.color_match > 0:
         warm_up()
