@@ -1,7 +1,7 @@
 """The models this studio knows, as data.
 
 Every number here is read from the official Wan2.1 / Wan2.2 configs and generate scripts
-(see shared/WAN_FACTS.md). A checkpoint is matched to a spec by its *architecture* (dim, ffn, layers,
+(see docs/WAN_FACTS.md). A checkpoint is matched to a spec by its *architecture* (dim, ffn, layers,
 channels, read from tensor shapes); the expert pairing of Wan2.2 A14B (high / low noise) cannot be seen
 in the tensors — both experts have the 14B shape — so it comes from the folder layout or file name.
 """

@@ -12,7 +12,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
-GB = 1e9   # decimal gigabytes, as the catalog and WAN_FACTS quote model sizes
+GB = 1e9   # decimal gigabytes, as the catalog and docs/WAN_FACTS.md quote model sizes
 
 # Order matters: it is the planner's order of preference among the kernels that ran.
 ATTENTION_KERNELS = ("sage", "flash", "sdpa_flash", "sdpa_efficient", "sdpa")

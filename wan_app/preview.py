@@ -1,6 +1,6 @@
 """Cheap live preview: latent → RGB with a fixed linear map (milliseconds, no VAE).
 
-Factors from ComfyUI's latent formats (WAN_FACTS.md), applied like ComfyUI does: to the normalised
+Factors from ComfyUI's latent formats (docs/WAN_FACTS.md), applied like ComfyUI does: to the normalised
 latent the sampler works on, taken from the predicted clean latent x0 of the current step.
 """
 from __future__ import annotations

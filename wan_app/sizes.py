@@ -1,4 +1,4 @@
-"""What the planner counts: bytes of weights, activations, the text encoder and the VAE decode, from the
+"""What the planner counts (figures from docs/WAN_FACTS.md): bytes of weights, activations, the text encoder and the VAE decode, from the
 models' shapes. Every constant names its source. They are *estimates*: bench/swap_bench.py measures real
 peaks on a GPU, and these are what to adjust when the two disagree.
 """
@@ -8,7 +8,7 @@ from .catalog import Arch, ModelSpec
 from .hardware import GB
 
 # ===================================================================================================
-# Constants of the estimate — all in one place. GB = 1e9 bytes (WAN_FACTS quotes 14B bf16 as 28.6 GB).
+# Constants of the estimate — all in one place. GB = 1e9 bytes (docs/WAN_FACTS.md quotes 14B bf16 as 28.6 GB).
 # ===================================================================================================
 # torch's CUDA context + cuBLAS/cuDNN workspaces: 0.5–1 GB on current cards (nvidia-smi of an idle
 # torch process); MPS keeps a smaller command-buffer pool.
