@@ -28,7 +28,7 @@ from torch import nn
 
 from .blockswap import BlockSwapper
 from .errors import UserError
-from .fp8 import store_fp8_cast, store_fp8_scaled
+from .fp8 import store_fp8_scaled
 from .plan_types import Plan
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -111,17 +111,14 @@ def upcast_on_forward(model: nn.Module, compute: torch.dtype) -> list:
 class _Transformer:
     """One DiT prepared for a plan: cast, fp8, swap hooks, homes for the resident part."""
 
-    def __init__(self, model, plan: Plan, device: torch.device, swap_mode: str, fp8_mode: str, notify):
+    def __init__(self, model, plan: Plan, device: torch.device, swap_mode: str, notify):
         self.model = model
         compute = TORCH_DTYPES[plan.compute_dtype]
         keep = list(getattr(model, "_keep_in_fp32_modules", None) or [])
         storage = compute if plan.weight_dtype == "fp8" else TORCH_DTYPES[plan.weight_dtype]
         _cast_params(model, storage, keep)
         if plan.weight_dtype == "fp8":
-            if fp8_mode == "scaled":
-                store_fp8_scaled(model)
-            else:
-                store_fp8_cast(model, compute)
+            store_fp8_scaled(model)
         elif storage != compute:
             self._upcast = upcast_on_forward(model, compute)
         self.swapper = BlockSwapper(model, model.blocks, plan.blocks_swapped, device, swap_mode, notify).install()
@@ -139,13 +136,13 @@ class _Transformer:
 
 
 class Placement:
-    def __init__(self, plan: Plan, components, notify, load_expert, swap_mode: str, fp8_mode: str):
+    def __init__(self, plan: Plan, components, notify, load_expert, swap_mode: str):
         self.plan = plan
         self.components = components
         self.device = torch.device(plan.device)
         self._notify = notify
         self._load_expert = load_expert
-        self._swap_mode, self._fp8_mode = swap_mode, fp8_mode
+        self._swap_mode = swap_mode
         self._prepared: dict[str, _Transformer | None] = {}
         self._active: str | None = None
         self._te_homes: _Homes | None = None
@@ -159,7 +156,7 @@ class Placement:
 
     def _prepare(self, which: str) -> None:
         model = getattr(self.components, self._attr(which))
-        self._prepared[which] = _Transformer(model, self.plan, self.device, self._swap_mode, self._fp8_mode,
+        self._prepared[which] = _Transformer(model, self.plan, self.device, self._swap_mode,
                                              self._notify)
         self.attention_backend = choose_attention(model, self.plan.attention_backend, self.device,
                                                   self._notify, self.plan.compute_dtype)
@@ -272,10 +269,10 @@ class Placement:
 
 def apply_plan(plan: Plan, components, notify: Callable[[str], None] = print,
                load_expert: Callable[[str], nn.Module] | None = None,
-               swap_mode: str = "async", fp8_mode: str = "scaled") -> Placement:
+               swap_mode: str = "async") -> Placement:
     """Prepare every model for `plan`; DiT weights reach the device on Placement.activate()."""
     _check(plan, components, load_expert)
-    placement = Placement(plan, components, notify, load_expert, swap_mode, fp8_mode)
+    placement = Placement(plan, components, notify, load_expert, swap_mode)
     placement._global_backend_before = _get_global_backend()
     spec = getattr(components, "spec", None)
     a14b = components.transformer_2 is not None or getattr(spec, "experts", 1) == 2
