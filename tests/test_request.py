@@ -35,7 +35,8 @@ def test_random_seed_is_drawn_and_kept():
     (dict(prompt="   "), "prompt", "describe"),
     (dict(model="wan9"), "model", "wan2.1-t2v-1.3b"),
     (dict(solver="ddim"), "solver", "unipc"),
-    (dict(steps=0), "steps", "1 to 1000"),
+    (dict(steps=0), "steps", "1 to 250"),                      # UniPC at the 1.3B's shift 5
+    (dict(steps=0, solver="euler"), "steps", "1 to 1000"),
     (dict(model="wan2.2-t2v-a14b", boundary=1.5), "boundary", "0.875"),
     (dict(seed=2**40), "seed", "-1 for random"),
 ])
@@ -85,3 +86,66 @@ def test_preview_applies_the_linear_factors_to_each_latent_pixel():
 def test_preview_upscales_tiny_latents_so_they_are_visible():
     rgb = preview.latent_to_rgb(torch.zeros(1, 16, 3, 8, 8), "wan2.1", max_side=256)
     assert rgb.shape == (3, 256, 256, 3)
+
+
+# ---- the solver's real step limit ---------------------------------------------------------------------
+
+SHIFTS = [0.5, 1.0, 3.0, 5.0, 8.0, 12.0, 50.0, 100.0]
+
+
+@pytest.mark.parametrize("shift", SHIFTS)
+def test_the_unipc_limit_is_computed_as_diffusers_builds_the_schedule(shift):
+    """request.py reproduces the first two UniPC timesteps without numpy/torch; they must equal
+    sampling's real schedule (the one handed to diffusers) for every step count."""
+    from wan_app import request, sampling
+    assert struct_float32_sigma_max() == sampling._official_sigma_max()
+    for n in range(2, 1001):
+        t = sampling.official_schedule("unipc", n, shift).timesteps
+        assert request._unipc_first_distinct(n, shift) == (int(t[0]) != int(t[1])), n
+
+
+def struct_float32_sigma_max():
+    import struct
+    return struct.unpack("f", struct.pack("f", 1.0 - 1.0 / 1000))[0]
+
+
+def run_solver(solver, steps, shift):
+    from wan_app import sampling
+    sch, s = sampling.make_solver(solver, steps, shift)
+    x = torch.zeros(1, 1, 1, 2)
+    for t in sch.timesteps:
+        x = s.step(torch.ones_like(x), t, x)
+    return x
+
+
+@pytest.mark.parametrize("shift", [5.0, 12.0, 100.0])
+def test_unipc_runs_at_its_limit_and_fails_one_step_above_it(shift):
+    from wan_app.request import max_steps
+    top = max_steps("unipc", shift)
+    assert top < 1000
+    run_solver("unipc", top, shift)
+    with pytest.raises(AssertionError):          # the empty AssertionError users saw after all sampling
+        run_solver("unipc", top + 1, shift)
+
+
+@pytest.mark.parametrize("solver", ["dpm++", "euler"])
+@pytest.mark.parametrize("shift", [1.0, 12.0, 100.0])
+def test_the_other_solvers_run_all_1000_steps(solver, shift):
+    from wan_app.request import max_steps
+    assert max_steps(solver, shift) == 1000
+    run_solver(solver, 1000, shift)
+
+
+@pytest.mark.parametrize("model, steps, ok", [
+    ("wan2.1-t2v-1.3b", 250, True), ("wan2.1-t2v-1.3b", 251, False),       # shift 5
+    ("wan2.2-t2v-a14b", 91, True), ("wan2.2-t2v-a14b", 92, False),         # shift 12
+])
+def test_unipc_steps_above_the_limit_are_refused_up_front(model, steps, ok):
+    req = Request(model=model, prompt="a cat", steps=steps)
+    if ok:
+        assert resolve(req)[0].steps == steps
+        return
+    with pytest.raises(UserError) as e:
+        resolve(req)
+    assert e.value.field == "steps" and f"1 to {steps - 1}" in e.value.fix and "unipc" in e.value.problem
+    assert resolve(Request(model=model, prompt="a cat", steps=steps, solver="euler"))[0].steps == steps
