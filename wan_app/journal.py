@@ -8,10 +8,13 @@ the old or the new state, never a torn one.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import glob
 import json
 import os
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -107,9 +110,152 @@ class Journal:
         j.video = str(video_path(path))
         return j
 
+    def lock(self):
+        """`with journal.lock():` — this job may run in one place only (see lock_job)."""
+        return lock_job(self.video)
+
     def discard(self) -> None:
         """The video is final: remove the journal and every overlap file of this job."""
         video = Path(self.video)
         for p in video.parent.glob(glob.escape(video.stem) + ".overlap-*.npy"):
             p.unlink(missing_ok=True)
         self.path.unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------------------------------ one run per job
+
+def lock_path(video: str | os.PathLike) -> Path:
+    """Hidden, beside the video: `.clip.lock` (the outputs listing and the gallery skip hidden names)."""
+    video = Path(video)
+    return video.with_name(f".{video.stem}.lock")
+
+
+@contextlib.contextmanager
+def lock_job(video: str | os.PathLike) -> Iterator[Path]:
+    """Hold the job of `video` for the duration of the block, or raise UserError("resume") at once if
+    another run holds it (a second `extend --resume`, the web app, another thread of this process).
+
+    Linux/macOS: flock on the lock file. The kernel drops it when the holder dies, even by SIGKILL, so a
+    crash never leaves a job locked. Windows: msvcrt.locking, which the OS also drops with the process.
+    Elsewhere: an O_EXCL file with the holder's pid, taken over when that process is gone."""
+    path = lock_path(video)
+    release = _acquire(path, Path(video))
+    try:
+        yield path
+    finally:
+        release()
+
+
+def _busy(video: Path, holder: str = "") -> UserError:
+    return UserError("resume", f"{video.name} is already running{holder}",
+                     "wait for the other run to finish, or stop it first, then resume again")
+
+
+def _acquire(path: Path, video: Path):
+    try:
+        import fcntl
+    except ImportError:
+        fcntl = None
+    if fcntl is not None:
+        return _acquire_flock(fcntl, path, video)
+    try:
+        import msvcrt
+    except ImportError:
+        msvcrt = None
+    if msvcrt is not None:
+        return _acquire_msvcrt(msvcrt, path, video)
+    return _acquire_exclusive(path, video)
+
+
+def _acquire_flock(fcntl, path: Path, video: Path):
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise _busy(video, _holder(path)) from None
+            raise
+        # A holder that was releasing may have unlinked the file between our open and our flock: then
+        # we hold a lock on a file nobody else can see, so start again with the file that is there now.
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            _write_pid(fd)
+            break
+        os.close(fd)
+
+    def release():
+        with contextlib.suppress(OSError):
+            os.unlink(path)          # while still holding it, so no one can lock the old file after us
+        os.close(fd)
+    return release
+
+
+def _acquire_msvcrt(msvcrt, path: Path, video: Path):
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+    except OSError:
+        os.close(fd)
+        raise _busy(video) from None
+    _write_pid(fd)
+
+    def release():
+        with contextlib.suppress(OSError):
+            os.lseek(fd, 0, os.SEEK_SET)
+            msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+        os.close(fd)          # the file stays: Windows cannot delete an open file, and a stale one is harmless
+    return release
+
+
+def _acquire_exclusive(path: Path, video: Path):
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            pid = _holder_pid(path)
+            if pid is not None and _alive(pid):
+                raise _busy(video, f" (process {pid})") from None
+            with contextlib.suppress(OSError):
+                os.unlink(path)        # its holder is gone: the job is free
+            continue
+        _write_pid(fd)
+        os.close(fd)
+
+        def release():
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        return release
+    raise _busy(video)
+
+
+def _write_pid(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+
+
+def _holder_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip() or "x")
+    except (OSError, ValueError):
+        return None
+
+
+def _holder(path: Path) -> str:
+    pid = _holder_pid(path)
+    return f" (process {pid})" if pid is not None else ""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True           # exists, owned by someone else
+    return True
