@@ -112,3 +112,31 @@ def test_plan_that_cannot_run_exits_non_zero_with_the_blocker_last(capsys, tmp_p
     assert code == 2
     last = out.err.strip().splitlines()
     assert last[-2].startswith("error: ") and last[-1].strip().startswith("fix: ")
+
+
+def test_nan_weights_give_a_failed_run_not_a_black_video(tiny_root, tmp_path):
+    engine = Engine([tiny_root["diffusers-t2v"].path], tmp_path / "out", hardware=CPU)
+
+    def poison(step, expert):
+        if step == 0:
+            for p in engine.host.components.transformer.parameters():
+                p.data.fill_(float("nan"))
+    engine.step_hooks.append(poison)
+    evs = list(engine.run(Request(model="tiny-wan2.1-t2v", prompt="x", frames=9, width=64, height=64, steps=2,
+                                  seed=1)))
+    assert isinstance(evs[-1], events.Failed) and "NaN" in evs[-1].message and evs[-1].hint
+    assert not list((tmp_path / "out").rglob("*.mp4"))
+
+
+def test_stop_pressed_during_the_decode_writes_nothing(tiny_root, tmp_path):
+    import threading
+    engine = Engine([tiny_root["diffusers-t2v"].path], tmp_path / "out", hardware=CPU)
+    cancel = threading.Event()
+    evs = []
+    for ev in engine.run(Request(model="tiny-wan2.1-t2v", prompt="x", frames=9, width=64, height=64, steps=2,
+                                 seed=1), cancel=cancel):
+        evs.append(ev)
+        if isinstance(ev, events.Progress) and ev.phase == "decode":
+            cancel.set()
+    assert isinstance(evs[-1], events.Cancelled)
+    assert not list((tmp_path / "out").rglob("*.mp4"))

@@ -331,9 +331,24 @@ def run_window(engine, job: Job, w: Window, emit: Emit, cancel=None, eta=None):
     sampled = sampler.sample(req, job.spec, job.plan, host.placement, latents, cond, uncond, emit,
                              conditioning, cancel, engine.step_hooks, eta,
                              window=tag.get("window"), windows=tag.get("windows"))
+    if not torch.isfinite(sampled.latents).all():
+        raise BrokenOutput("the model produced NaN or infinite values while sampling",
+                           "the weights may be damaged (re-download them), or fp16 overflowed: try bf16 or fp8")
     emit(events.Progress("decode", message="decoding with the VAE", **tag))
     host.placement.before_decode()
-    return host.codec.decode(sampled.latents), sampled
+    frames = host.codec.decode(sampled.latents)
+    if frames.size and frames.min() == frames.max():
+        raise BrokenOutput(f"every decoded pixel has the value {int(frames.min())}: the VAE gave a blank video",
+                           "the VAE file may be damaged or of another model; re-download it")
+    return frames, sampled
+
+
+class BrokenOutput(Exception):
+    """Sampling or decoding gave a video that is not a picture (NaN, one colour): a failed run, not a file."""
+
+    def __init__(self, problem: str, hint: str):
+        super().__init__(problem)
+        self.hint = hint
 
 
 def run_job(engine, make_job: Callable[[], Job], emit: Emit, cancel) -> None:
@@ -349,6 +364,8 @@ def run_job(engine, make_job: Callable[[], Job], emit: Emit, cancel) -> None:
     except Cancelled:
         emit(events.Cancelled(job.sink.stopped_message() if job else "Stopped.",
                               path=job.sink.playable() if job else None))
+    except BrokenOutput as e:
+        emit(events.Failed(f"The run failed: {e}", e.hint))
     except Exception as e:  # noqa: BLE001 - the UI must get a message, not a dead stream
         log.exception("run failed")
         oom = is_oom(e)
@@ -411,6 +428,8 @@ def _run_windows(engine, job: Job, emit: Emit, cancel, t_start: float) -> None:
                                  window=w.index, windows=n))
         else:
             emit(events.Progress("write", message="writing the mp4"))
+        if cancel is not None and cancel.is_set():
+            raise Cancelled()           # Stop pressed while decoding: nothing is written
         seconds = round(time.perf_counter() - t_start, 2) if last else None
         last_meta = metadata(job, sampled, job.sink.frames_written + len(frames), forwards,
                              engine.host.placement, complete=last, seconds=seconds)
