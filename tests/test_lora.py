@@ -40,12 +40,12 @@ def shapes_of(model) -> dict:
 _INPUTS = {}
 
 
-def forward(model, seed=0) -> torch.Tensor:
+def forward(model, seed=0, dtype=None) -> torch.Tensor:
     if seed not in _INPUTS:
         g = torch.Generator().manual_seed(seed)
         _INPUTS[seed] = (torch.randn(1, 16, 3, 8, 8, generator=g), torch.randn(1, 12, tiny.TEXT_DIM, generator=g))
     x, ctx = _INPUTS[seed]
-    dt = next(p.dtype for p in model.parameters() if p.dtype.itemsize >= 2)
+    dt = dtype or next(p.dtype for p in model.parameters() if p.dtype.itemsize >= 2)
     with torch.no_grad():
         return model(hidden_states=x.to(dt), timestep=torch.tensor([500]), encoder_hidden_states=ctx.to(dt),
                      return_dict=False)[0].float()
@@ -151,6 +151,23 @@ def test_bf16_and_fp8_weights_with_a_lora_agree_with_fp32(base, tmp_path):
                                for m in wrapped)
         # no full-size 16-bit copy: only rank-4 factors and bias deltas sit next to the fp8 weights
         assert all(m.lora_diff is None and m.lora_down.shape[0] == 4 for m in wrapped)
+
+
+@pytest.mark.parametrize("weight_dtype", ["bf16", "fp16", "fp8"])
+def test_plans_storing_16_bit_or_fp8_weights_run_the_lora_close_to_fp32(base, tmp_path, weight_dtype):
+    """Through wan_app.memory: 16-bit storage upcast per layer to the fp32 compute dtype, or fp8 + scale."""
+    path, carried = _lora(base, tmp_path)
+    ref = forward(merged(base, [(carried, 1.0)]))
+    model = copy.deepcopy(base)
+    attach(model, [(load_lora(path, model), 1.0)], dtype=torch.float32)
+    comps = type("C", (), dict(transformer=model, transformer_2=None, vae=None, text_encoder=None,
+                               tokenizer=None, spec=T21))()
+    placement = apply_plan(_plan(weight_dtype=weight_dtype, blocks_swapped=1), comps, notify=lambda m: None)
+    placement.activate("only")
+    stored = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp8": FP8}[weight_dtype]
+    assert model.blocks[0].attn1.to_q.lora_base.weight.dtype == stored
+    assert rel(forward(model, dtype=torch.float32), ref) < (0.05 if weight_dtype == "fp8" else 0.01)
+    placement.release()
 
 
 def test_swapped_and_resident_blocks_give_identical_output_and_the_lora_travels_with_its_block(base, tmp_path):
