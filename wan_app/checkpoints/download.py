@@ -1,6 +1,7 @@
 """Fetch a model's missing files from the Hugging Face Hub into the ComfyUI-style models folder."""
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from pathlib import Path
@@ -52,13 +53,24 @@ def download_missing(spec: ModelSpec, models_dir: Path,
         if progress:
             progress(d.filename.rsplit("/", 1)[-1], i, len(todo))
         target = _target(models_dir, d)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError("download", f"cannot write into {target.parent} ({e.strerror or type(e).__name__})",
+                            "choose a models folder you can write to (Settings, or --models-dir)") from None
         staging = target.parent / ".download"
         try:
             got = Path(hf_hub_download(d.repo, d.filename, local_dir=staging))
+            os.replace(got, target)       # same filesystem: atomic, and the file appears only when complete
+        except OSError as e:
+            if e.errno != errno.ENOSPC:
+                raise _manual(spec, models_dir, todo[i:], f"{type(e).__name__}: {str(e)[:200]}") from None
+            shutil.rmtree(staging, ignore_errors=True)      # the partial download is of no use
+            raise UserError("download", f"the disk holding {models_dir} is full ({d.approx_gb:g} GB needed for "
+                            f"{d.filename.rsplit('/', 1)[-1]})",
+                            "free some space, or choose a models folder on a drive with room") from None
         except Exception as e:  # connection refused, DNS, 404, gated repo: all end in "do it by hand"
             raise _manual(spec, models_dir, todo[i:], f"{type(e).__name__}: {str(e)[:200]}") from None
-        os.replace(got, target)           # same filesystem: atomic, and the file appears only when complete
         written.append(target)
     shutil.rmtree(target.parent / ".download", ignore_errors=True)
     return written
