@@ -184,6 +184,8 @@ def test_swapped_and_resident_blocks_give_identical_output_and_the_lora_travels_
     # the swapper carries the block's LoRA tensors: its bytes grow by exactly handle.block_bytes
     assert handle.block_bytes > 0
     assert swapper.swapped_bytes() - plain_swap.swapped_bytes() == handle.block_bytes
+    # and the planner can know it from the header, before loading (fp32 here: 4 bytes per element)
+    assert identify(path).block_bytes(4) == handle.block_bytes and identify(path).attached_bytes(4) == handle.bytes
 
 
 def test_a_lora_on_some_blocks_gives_every_block_the_same_tensor_shapes(base, tmp_path):

@@ -9,6 +9,7 @@ two experts (same shapes). That comes from the file name (`high_noise` / `low_no
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import struct
 from collections import Counter
@@ -42,6 +43,17 @@ class LoraFile:
     n_tensors: int = 0
     bytes: int = 0
     problem: str | None = None
+    block_numel: int = 0              # elements attach() keeps in the busiest block (factors, linear deltas)
+    total_numel: int = 0              # … in the whole model
+
+    def block_bytes(self, itemsize: int = 2) -> int:
+        """What one block's swap slot must add for this LoRA at `itemsize` bytes per element (the
+        compute dtype's: 2 for bf16). Several LoRAs add up."""
+        return self.block_numel * itemsize
+
+    def attached_bytes(self, itemsize: int = 2) -> int:
+        """RAM (and VRAM for resident blocks) the attached LoRA holds, at `itemsize` bytes per element."""
+        return self.total_numel * itemsize
 
     @property
     def name(self) -> str:
@@ -134,8 +146,16 @@ def identify(path: Path) -> LoraFile:
     dim = ffn = in_ch = None
     ranks: Counter[int] = Counter()
     blocks = -1
+    per_block: Counter[int] = Counter()
+    total = 0
     for k in keys:
         shape = infos[k.raw]
+        # what attach() keeps as buffers: low-rank factors and the deltas of linear layers; norm,
+        # modulation and patch-embedding deltas are added into those (small) parameters instead
+        kept = k.kind in ("down", "up", "diff_b") or (k.kind == "diff" and len(shape) == 2)
+        kept = kept and "norm" not in k.module and "patch_embedding" not in k.module
+        n = math.prod(shape) if kept else 0
+        total += n
         if k.kind == "down" and len(shape) == 2:
             ranks[shape[0]] += 1
         if _Q.search(k.module):
@@ -146,11 +166,12 @@ def identify(path: Path) -> LoraFile:
             in_ch = shape[1]
         if m := _BLOCK.search(k.module):
             blocks = max(blocks, int(m.group(1)))
+            per_block[int(m.group(1))] += n
     problem = None if keys else f"{path.name}: no LoRA tensors found (0 of {len(infos)} keys are LoRA keys)"
     return LoraFile(path, file_format(keys), dim, ffn, blocks + 1 if blocks >= 0 else None, in_ch,
                     ranks.most_common(1)[0][0] if ranks else None, expert_of(path),
                     any("k_img" in k.module or "add_k_proj" in k.module for k in keys),
-                    len(infos), path.stat().st_size, problem)
+                    len(infos), path.stat().st_size, problem, max(per_block.values(), default=0), total)
 
 
 def lora_dirs(models_dirs) -> list[Path]:
