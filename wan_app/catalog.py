@@ -16,7 +16,7 @@ DEFAULT_NEGATIVE_PROMPT = (
     "手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
 )
 
-SOLVERS = ("unipc", "dpm++", "euler")
+SOLVERS = ("unipc", "dpm++", "euler", "lcm")
 
 
 @dataclass(frozen=True)

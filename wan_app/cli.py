@@ -6,6 +6,7 @@ import os
 import signal
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 from . import catalog, events
@@ -62,17 +63,31 @@ def add_request_args(p: argparse.ArgumentParser, frames_help: str, required: boo
     p.add_argument("--cfg-low", type=float, default=None, dest="guidance_2",
                    help="A14B: the low-noise expert's CFG scale")
     p.add_argument("--boundary", type=float, default=None, help="A14B: expert switch at t >= boundary*1000")
-    p.add_argument("--solver", default="unipc", choices=catalog.SOLVERS, help="sampler (default: unipc)")
+    p.add_argument("--solver", default=None, choices=catalog.SOLVERS,
+                   help="sampler (default: unipc; a --preset brings its own)")
     p.add_argument("--seed", type=int, default=-1, help="-1 for random; the seed used is printed")
     p.add_argument("--fps", type=int, default=None, help="frames per second of the mp4 (default: the model's)")
+    p.add_argument("--lora", action="append", default=[], metavar="FILE[:S[:S_LOW]]",
+                   help="apply a LoRA (a path, or a file name under a loras/ folder) at strength S (default 1; "
+                        "-4..4); Wan2.2 A14B: S for the high-noise expert, S_LOW for the low-noise one; repeatable")
+    p.add_argument("--preset", default=None, metavar="NAME",
+                   help="a few-step distill: 'Lightning 4 steps' or 'LightX2V 4 steps' (sets steps, CFG, shift, "
+                        "solver, the A14B split and its LoRA; settings you give win)")
 
 
 def request_from(args) -> Request:
+    from .lora import parse_lora_arg
     w, h = parse_size(args.size) if args.size else (None, None)
-    return Request(model=args.model, prompt=args.prompt, negative_prompt=args.negative_prompt,
-                   width=w, height=h, frames=args.frames, steps=args.steps, shift=args.shift,
-                   guidance=args.guidance, guidance_2=args.guidance_2, boundary=args.boundary,
-                   solver=args.solver, seed=None if args.seed < 0 else args.seed, fps=args.fps)
+    loras = [{"file": c.file, "strength": c.strength, "strength_low": c.strength_low}
+             for c in (parse_lora_arg(text) for text in getattr(args, "lora", []) or [])]
+    req = Request(model=args.model, prompt=args.prompt, negative_prompt=args.negative_prompt,
+                  width=w, height=h, frames=args.frames, steps=args.steps, shift=args.shift,
+                  guidance=args.guidance, guidance_2=args.guidance_2, boundary=args.boundary,
+                  solver=args.solver, seed=None if args.seed < 0 else args.seed, fps=args.fps, loras=loras)
+    if getattr(args, "preset", None):
+        from .lora import presets
+        req = presets.apply(presets.get(args.preset, args.model), req, [Path(d) for d in models_dirs(args)])
+    return req if req.solver else replace(req, solver="unipc")
 
 
 def models_dirs(args) -> list[str]:

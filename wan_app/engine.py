@@ -74,8 +74,8 @@ class Engine:
 
     def _plan_clip(self, req: Request, overrides: Overrides | None, runnable: bool = True,
                    files_required: bool = True):
-        """(plan, resolved request, spec, files) for one clip; refuses a plan with a blocker when it
-        is to run."""
+        """(plan, resolved request, spec, files, LoRA uses) for one clip; refuses a plan with a blocker
+        when it is to run. LoRAs are found and checked against the model from their headers here."""
         req, spec = resolve(req)
         try:
             files = self.inventory().resolve(spec.id)
@@ -83,17 +83,26 @@ class Engine:
             if files_required:
                 raise
             files = None
+        uses = self.loras_for(req, spec)
         p = planner.plan(self.hardware, spec, req.width, req.height, req.frames,
                          self.overrides if overrides is None else overrides,
-                         disk=DiskWeights.of(files) if files else DiskWeights(), cfg_passes=_cfg_passes(req))
+                         disk=DiskWeights.of(files, uses), cfg_passes=_cfg_passes(req))
         if runnable:
             planner.require_runnable(p)     # a model or frame count that cannot fit is refused here
-        return p, req, spec, files
+        return p, req, spec, files, uses
+
+    def loras_for(self, req: Request, spec) -> list:
+        """The request's LoRAs resolved to files per expert (wan_app.lora.LoraUse), checked to fit."""
+        if not req.loras:
+            return []
+        from . import lora
+        choices = [lora.LoraChoice(e["file"], e["strength"], e["strength_low"]) for e in req.loras]
+        return lora.resolve(choices, spec, lora.find_loras(self.models_dirs))
 
     def replan_after_oom(self, job) -> Plan | None:
         req = job.request
         return planner.replan_after_oom(job.plan, self.hardware, job.spec, req.width, req.height, req.frames,
-                                        disk=DiskWeights.of(job.files), cfg_passes=_cfg_passes(req))
+                                        disk=DiskWeights.of(job.files, job.loras), cfg_passes=_cfg_passes(req))
 
     # ---- jobs -------------------------------------------------------------------------------------
     def run(self, job: Request | LongRequest, cancel: threading.Event | None = None,

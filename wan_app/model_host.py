@@ -44,15 +44,18 @@ class ModelHost:
         self._comp_key = self._place_key = None
         self._files = self._plan = None
         self._embeds: OrderedDict = OrderedDict()
+        self._lora_handles: list = []
         self.truncated: dict[str, int] = {}          # prompt -> tokens cut by the 512-token limit
 
     # ---- weights ----------------------------------------------------------------------------------
-    def load(self, files, plan: Plan, emit: Callable[[events.Event], None]):
-        """Load (or reuse) the components and apply the plan to them."""
+    def load(self, files, plan: Plan, emit: Callable[[events.Event], None], loras=()):
+        """Load (or reuse) the components, attach the LoRAs (wan_app.lora.LoraUse) and apply the plan."""
+        from .lora import per_expert
         comp_key = (files.key(), plan.compute_dtype, plan.weight_dtype, plan.text_encoder_dtype,
                     plan.experts_resident)
+        wanted = {which: tuple((str(p), s) for p, s in pairs) for which, pairs in per_expert(list(loras)).items()}
         place_key = (comp_key, plan.device, plan.blocks_swapped, plan.attention_backend, plan.vae_tiling,
-                     plan.text_encoder_device)
+                     plan.text_encoder_device, tuple(sorted(wanted.items())))
         if self.placement is not None and self._place_key == place_key:
             return
         # fp8 storage cannot be undone in place, so a new fp8 placement reloads.
@@ -69,19 +72,38 @@ class ModelHost:
             self.codec = VaeCodec(self.components.vae, plan.device, self.components.sources.get("vae"))
             self._comp_key = comp_key
         notices: list[str] = []
-        self.placement = apply_plan(plan, self.components, notify=notices.append,
-                                    load_expert=lambda which: load_transformer(
-                                        files, which, dtype=compute, storage_dtype=plan.weight_dtype,
-                                        fp8=plan.weight_dtype == "fp8"))
+        # LoRAs go on before the plan: a swapped block's LoRA tensors must be in it when the swapper
+        # records the block, so they cross the bus with it.
+        for which in ("only", "high", "low"):
+            self._attach(which, wanted.get(which, ()), compute, notices)
+
+        def load_expert(which):
+            model = load_transformer(files, which, dtype=compute, storage_dtype=plan.weight_dtype,
+                                     fp8=plan.weight_dtype == "fp8")
+            self._attach(which, wanted.get(which, ()), compute, notices, model)
+            return model
+        self.placement = apply_plan(plan, self.components, notify=notices.append, load_expert=load_expert)
         self.codec.device = torch.device(plan.device)
         for n in notices:
             emit(events.Notice(n))
         self._place_key, self._files, self._plan = place_key, files, plan
 
+    def _attach(self, which: str, pairs, compute, notices: list[str], model=None) -> None:
+        from .lora import attach, load_lora
+        model = model or getattr(self.components, "transformer_2" if which == "low" else "transformer")
+        if model is None or not pairs:
+            return
+        handle = attach(model, [(load_lora(path, model), s) for path, s in pairs], dtype=compute)
+        notices.extend(handle.notices)
+        self._lora_handles.append(handle)
+
     def unload(self, keep_components: bool = False) -> None:
         if self.placement is not None:
             self.placement.release()
             self.placement = None
+        for handle in self._lora_handles:       # after the release: the swap hooks are off by then
+            handle.remove()
+        self._lora_handles = []
         self._place_key = None
         if not keep_components:
             self.components = self.codec = None

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -57,6 +57,7 @@ class Job:
     plan: object                 # plan_types.Plan: the plan that runs (PlanReady carries it)
     windows: list[Window]
     sink: "ClipSink | LongSink"
+    loras: list = field(default_factory=list)     # wan_app.lora.LoraUse: which file on which expert
     long: LongRequest | None = None       # None: a plain clip
     overlap: np.ndarray | None = None     # uint8 frames the next window continues
     start: int = 0                        # first window to run (resume)
@@ -144,12 +145,12 @@ def _floor_4n1(v: int) -> int:
 
 
 def clip_job(engine, req: Request, out_path: Path | None, overrides) -> Job:
-    plan, req, spec, files = engine._plan_clip(req, overrides)
+    plan, req, spec, files, uses = engine._plan_clip(req, overrides)
     path = Path(out_path) if out_path else outputs.new_output_path(
         outputs.ensure_writable(engine.outputs_dir), req.prompt, req.seed)
     outputs.ensure_writable(path.parent)
     windows = [Window(0, req.frames, req.frames, req.seed, req.prompt)]
-    return Job(req, spec, files, plan, windows, ClipSink(path, req.fps))
+    return Job(req, spec, files, plan, windows, ClipSink(path, req.fps), loras=uses)
 
 
 def long_layout(engine, lreq: LongRequest, overrides, files_required: bool = True, runnable: bool = True):
@@ -158,7 +159,7 @@ def long_layout(engine, lreq: LongRequest, overrides, files_required: bool = Tru
     if not isinstance(lreq.color_match, (int, float)) or not 0 <= lreq.color_match <= 1:
         raise UserError("color_match", f"{lreq.color_match} is out of range", "use 0 (off) to 1 (full)")
     # A 1-frame plan resolves the request (seed, size, fps) and gives the plan's frame limit.
-    probe, base, spec, _ = engine._plan_clip(replace(lreq.base, frames=1), overrides, runnable=runnable,
+    probe, base, spec, _, _ = engine._plan_clip(replace(lreq.base, frames=1), overrides, runnable=runnable,
                                              files_required=files_required)
     if probe.blocker:
         return base, None, None, None
@@ -185,7 +186,7 @@ def long_job(engine, lreq: LongRequest, out_path: Path | None, overrides) -> Job
     first_overlap = None
     if from_video:
         first_overlap = _check_video(Path(lreq.input_video), base.width, base.height, base.fps, overlap)
-    plan, req, spec, files = engine._plan_clip(replace(base, frames=max(frames)), overrides)
+    plan, req, spec, files, uses = engine._plan_clip(replace(base, frames=max(frames)), overrides)
     lreq = replace(lreq, base=replace(base, frames=None), window=window, overlap=overlap,
                    input_video=Path(lreq.input_video) if from_video else None)
     if out_path is None:
@@ -198,7 +199,8 @@ def long_job(engine, lreq: LongRequest, out_path: Path | None, overrides) -> Job
                         f"resume it (python app.py extend --resume {path}) or choose another output")
     journal = Journal(video=str(path.resolve()), request=lreq.to_dict(), windows=frames)
     sink = LongSink(journal, GrowingVideo(path, base.fps))
-    job = Job(req, spec, files, plan, _windows_of(lreq, frames), sink, long=lreq, overlap=first_overlap)
+    job = Job(req, spec, files, plan, _windows_of(lreq, frames), sink, loras=uses, long=lreq,
+              overlap=first_overlap)
     if from_video:
         sink.video.append(media.iter_video(lreq.input_video, base.width, base.height, base.fps),
                           metadata=metadata(job, None, 0))
@@ -215,7 +217,7 @@ def resumed_job(engine, job_path: Path) -> Job:
     journal = Journal.load(job_path)
     lreq = LongRequest.from_dict(journal.request)
     path = Path(journal.video)
-    plan, req, spec, files = engine._plan_clip(replace(lreq.base, frames=max(journal.windows)), None)
+    plan, req, spec, files, uses = engine._plan_clip(replace(lreq.base, frames=max(journal.windows)), None)
     if journal.segments == 0 and not media.parts_dir(path).joinpath(GrowingVideo.STATE).exists():
         video = GrowingVideo(path, lreq.base.fps)
     else:
@@ -235,7 +237,7 @@ def resumed_job(engine, job_path: Path) -> Job:
     overlap = load_overlap(path, k) if needs_overlap else None
     before = int((video.metadata or {}).get("forwards", 0)) if k else 0
     return Job(req, spec, files, plan, _windows_of(lreq, journal.windows), LongSink(journal, video),
-               long=lreq, overlap=overlap, start=k, forwards_before=before)
+               loras=uses, long=lreq, overlap=overlap, start=k, forwards_before=before)
 
 
 def _check_video(path: Path, width: int, height: int, fps: int, overlap: int) -> np.ndarray:
@@ -264,6 +266,7 @@ def metadata(job: Job, sampled: sampler.Sampled | None, frames: int, forwards: i
         "files": job.files.describe(),
         "plan": job.plan.to_dict(),
         "forwards": forwards, "forwards_skipped": 0,
+        "loras": [u.metadata() for u in job.loras],
     }
     if sampled is not None:
         meta["timesteps"] = [int(t) for t in sampled.schedule.timesteps]
@@ -399,7 +402,7 @@ def _run_windows(engine, job: Job, emit: Emit, cancel, t_start: float) -> None:
     last_meta = job.sink.video.metadata if job.long is not None else None
     forwards = job.forwards_before
     if job.start < n:
-        engine.host.load(job.files, job.plan, emit)
+        engine.host.load(job.files, job.plan, emit, job.loras)
     eta = _Eta(job, engine.host.codec) if engine.host.codec else None
     retried = False
     for w in job.windows[job.start:]:
@@ -414,7 +417,7 @@ def _run_windows(engine, job: Job, emit: Emit, cancel, t_start: float) -> None:
                 if not is_oom(exc) or retried or not _replan_after_oom(engine, job, emit):
                     raise
                 retried = True
-                engine.host.load(job.files, job.plan, emit)
+                engine.host.load(job.files, job.plan, emit, job.loras)
         forwards += sampled.forwards
         frames = join_window(frames, job.overlap, job.long.color_match if job.long else 0.0, w.keep)
         last = w.index + 1 == n

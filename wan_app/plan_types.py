@@ -40,18 +40,31 @@ class DiskWeights:
     text_encoder: str | None = None
     dit_bytes: int = 0                    # one expert's file bytes (0 = unknown: counted from the shapes)
     text_encoder_bytes: int = 0
+    lora_bytes: int = 0                   # LoRA tensors attached to one expert, at 2 bytes an element
+    lora_block_bytes: int = 0             # of which inside one block (a swap slot carries them)
 
     def __post_init__(self):
         object.__setattr__(self, "dit", _norm_dtype(self.dit))
         object.__setattr__(self, "text_encoder", _norm_dtype(self.text_encoder))
 
     @classmethod
-    def of(cls, files) -> "DiskWeights":
-        """From checkpoints.ModelFiles (what Inventory.resolve returns)."""
-        te = files.text_encoder
+    def of(cls, files, loras=()) -> "DiskWeights":
+        """From checkpoints.ModelFiles (what Inventory.resolve returns) and the LoRAs to attach
+        (wan_app.lora.LoraUse); an expert's LoRAs add up, the larger expert counts."""
+        te = files.text_encoder if files is not None else None
+        per: dict[str, list] = {}
+        for u in loras:
+            for expert, f, s in u.apply:
+                if s != 0.0:
+                    per.setdefault(expert, []).append(f)
+        total = max((sum(f.attached_bytes(2) for f in fs) for fs in per.values()), default=0)
+        block = max((sum(f.block_bytes(2) for f in fs) for fs in per.values()), default=0)
+        if files is None:
+            return cls(lora_bytes=total, lora_block_bytes=block)
         return cls(dit=files.transformer.dtype, text_encoder=te.dtype if te is not None else None,
                    dit_bytes=int(files.transformer.nbytes or 0),
-                   text_encoder_bytes=int(te.nbytes or 0) if te is not None else 0)
+                   text_encoder_bytes=int(te.nbytes or 0) if te is not None else 0,
+                   lora_bytes=total, lora_block_bytes=block)
 
 
 @dataclass

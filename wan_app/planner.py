@@ -126,15 +126,26 @@ def _efficient(m: _Machine, attention: str) -> bool:
     return attention in ("sage", "flash") or m.efficient_sdpa
 
 
-def _sample_dev(m: _Machine, spec: ModelSpec, c: _Choice, act: float) -> float:
+def _lora_gb(m: _Machine, disk: DiskWeights | None) -> tuple[float, float]:
+    """(all LoRA tensors of one expert, those in one block) in GB, stored in the compute dtype."""
+    if disk is None or not disk.lora_bytes:
+        return 0.0, 0.0
+    scale = COMPUTE_BYTES[m.compute] / 2
+    return disk.lora_bytes * scale / GB, disk.lora_block_bytes * scale / GB
+
+
+def _sample_dev(m: _Machine, spec: ModelSpec, c: _Choice, act: float, disk: DiskWeights | None = None) -> float:
     """The sampling phase on one device: everything but the swapped blocks (the last K live in RAM and two
-    are in flight), the per-layer upcast of low-precision weights, and the activations."""
+    are in flight, each with its LoRA tensors), the per-layer upcast of low-precision weights, and the
+    activations."""
     a, wd, k = spec.arch, c.weight_dtype, c.blocks_swapped
-    bb = block_gb(a, wd)
+    lora, lora_block = _lora_gb(m, disk)
+    bb = block_gb(a, wd) + lora_block
     upcast = 0.0
     if wd == "fp8" or WEIGHT_BYTES[wd] < COMPUTE_BYTES.get(m.compute, 2):
         upcast = FP8_UPCAST_LINEARS_IN_FLIGHT * a.dim * a.ffn_dim * COMPUTE_BYTES[m.compute] / GB
-    return (DEVICE_CONTEXT_GB[m.kind] + nonblock_gb(a, wd) + (a.num_layers - k) * bb
+    lora_rest = lora - a.num_layers * lora_block            # LoRA tensors outside the blocks (the head...)
+    return (DEVICE_CONTEXT_GB[m.kind] + nonblock_gb(a, wd) + lora_rest + (a.num_layers - k) * bb
             + (SWAP_BUFFERS * bb if k > 0 else 0.0) + upcast + act)
 
 
@@ -155,7 +166,9 @@ def _estimate(m: _Machine, spec: ModelSpec, w: int, h: int, frames: int, c: _Cho
     # anonymous copy that stays all run long as the weights' CPU home (wan_app.memory._Homes). Unknown
     # files (a simulated machine) are taken to be in the storage dtype, as a matching download would be.
     converting = disk.dit is not None and disk.dit != c.weight_dtype
-    dit_anon = experts_loaded * (mg if converting else dit_anon_small_gb(a, c.weight_dtype, m.compute, spec))
+    lora, _ = _lora_gb(m, disk)
+    dit_anon = experts_loaded * ((mg if converting else dit_anon_small_gb(a, c.weight_dtype, m.compute, spec))
+                                 + lora)           # attached LoRA tensors are anonymous memory
     dit_file = 0.0 if converting else experts_loaded * (disk.dit_bytes / GB if disk.dit_bytes else mg)
     te_anon = text_encoder_anon_gb(c.te_dtype, disk.text_encoder, spec)
     te_file = text_encoder_gb(c.te_dtype, spec) - te_anon if disk.text_encoder in (None, c.te_dtype) else 0.0
@@ -166,8 +179,8 @@ def _estimate(m: _Machine, spec: ModelSpec, w: int, h: int, frames: int, c: _Cho
     file = dit_file + te_file
     if m.kind == "cpu":
         # Everything runs in RAM; "one" expert means the other is read from its file at the switch.
-        sample = _sample_dev(m, spec, c, act) - nonblock_gb(a, c.weight_dtype) - a.num_layers * block_gb(
-            a, c.weight_dtype)                      # the weights themselves are counted above (dit_*)
+        sample = _sample_dev(m, spec, c, act, disk) - nonblock_gb(a, c.weight_dtype) - a.num_layers * block_gb(
+            a, c.weight_dtype) - lora           # the weights and LoRAs themselves are counted above (dit_*)
         host = {"encode": base + dit_anon + max(te_kept, te_anon + TEXT_ENCODER_WORK_GB),
                 "sample": base + dit_anon + te_kept + sample,
                 "decode": base + dit_anon + te_kept + vae_dev + video}
@@ -176,9 +189,9 @@ def _estimate(m: _Machine, spec: ModelSpec, w: int, h: int, frames: int, c: _Cho
                     cache={"encode": te_file, "sample": active})
     ctx = DEVICE_CONTEXT_GB[m.kind]
     dev = {"encode": ctx + max(te_anon + te_file + TEXT_ENCODER_WORK_GB if c.te_on_device else 0.0, vae_dev),
-           "sample": _sample_dev(m, spec, c, act),
+           "sample": _sample_dev(m, spec, c, act, disk),
            "decode": ctx + vae_dev}
-    bb = block_gb(a, c.weight_dtype)
+    bb = block_gb(a, c.weight_dtype) + _lora_gb(m, disk)[1]
     if m.kind == "cuda":
         # Swapped blocks are copied into pinned (page-locked, anonymous) memory; a converted copy is
         # replaced by its pinned one, a memory-mapped block is not.
@@ -275,10 +288,10 @@ def _te_candidates(m: _Machine, ov: Overrides, disk: DiskWeights) -> list[tuple[
     return {"gpu": dev, "cpu": cpu}.get(te_place, dev + cpu)
 
 
-def _fewest_swapped(m: _Machine, spec: ModelSpec, c: _Choice, act: float) -> int:
+def _fewest_swapped(m: _Machine, spec: ModelSpec, c: _Choice, act: float, disk: DiskWeights) -> int:
     n = spec.arch.num_layers
     return next((k for k in range(n + 1)
-                 if _sample_dev(m, spec, replace(c, blocks_swapped=k), act) <= m.vram_budget), n)
+                 if _sample_dev(m, spec, replace(c, blocks_swapped=k), act, disk) <= m.vram_budget), n)
 
 
 def _solve(m: _Machine, spec: ModelSpec, w: int, h: int, frames: int, ov: Overrides,
@@ -311,7 +324,7 @@ def _search(m, spec, w, h, frames, ov, disk, passes, candidates, cached, attenti
         if ov.blocks_swapped is not None:
             k = ov.blocks_swapped
         elif m.kind == "cuda":
-            k = _fewest_swapped(m, spec, probe, _act(m, spec, tokens, attention, False))
+            k = _fewest_swapped(m, spec, probe, _act(m, spec, tokens, attention, False), disk)
         else:
             k = 0
         # "Acceptable swap" for 16-bit weights is none at all: each swapped block crosses PCIe every
@@ -325,7 +338,7 @@ def _search(m, spec, w, h, frames, ov, disk, passes, candidates, cached, attenti
         batch_k = None
         if m.kind == "cuda" and passes == 2 and k > 0:
             batch_k = k if ov.blocks_swapped is not None else _fewest_swapped(
-                m, spec, replace(probe, cfg_batched=True), _act(m, spec, tokens, attention, True))
+                m, spec, replace(probe, cfg_batched=True), _act(m, spec, tokens, attention, True), disk)
             if batch_k >= 2 * k:
                 batch_k = None
         for te_dev, te_dtype in te_opts:
@@ -561,8 +574,13 @@ def _reasons(p: Plan, m: _Machine, spec, w, h, frames, e: _Est, disk: DiskWeight
         r.append(f"The DiT files stay memory-mapped ({_gb(e.file - _te_file_gb(p, disk, spec))}): page cache the "
                  f"system may drop and re-read, not counted as RAM that must fit")
 
+    lora, lora_block = _lora_gb(m, disk)
+    if lora:
+        r.append(f"LoRAs: {_gb(lora)} per expert in {m.compute}, applied at forward time (no merged copy of the "
+                 f"weights); each block carries its own {lora_block * 1000:.0f} MB, also across the bus when "
+                 f"swapped (counted in every estimate)")
     if m.kind == "cuda":
-        bb = block_gb(a, wd)
+        bb = block_gb(a, wd) + lora_block
         fixed = DEVICE_CONTEXT_GB["cuda"] + nonblock_gb(a, wd)
         if k == 0:
             r.append(f"All {n} blocks resident ({_gb(n * bb)}){tag('blocks_swapped')}: CUDA context + "

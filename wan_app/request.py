@@ -9,7 +9,7 @@ import functools
 import math
 import random
 import struct
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 
 from . import catalog
 from .catalog import DEFAULT_NEGATIVE_PROMPT, SOLVERS, ModelSpec
@@ -57,6 +57,8 @@ class Request:
     solver: str = "unipc"
     seed: int | None = None              # None -> random, reported in the result
     fps: int | None = None
+    # LoRAs: [{"file": path or name under a loras/ folder, "strength": s, "strength_low": s or None}]
+    loras: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -157,7 +159,24 @@ def resolve(req: Request, max_frames: int | None = None) -> tuple[Request, Model
         raise UserError("fps", f"{_show(r.fps)} is not a whole number", "use 1 to 120")
     if not 1 <= r.fps <= 120:
         raise UserError("fps", f"{r.fps} is out of range", "use 1 to 120")
+    r.loras = _check_loras(r.loras)
     return r, spec
+
+
+def _check_loras(entries) -> list:
+    """Each LoRA entry well-formed, strengths numbers in range (wan_app.lora.check_strength); the files
+    are found and checked against the model by the pipeline, from their headers, before loading."""
+    from .lora import check_strength
+    if not isinstance(entries, (list, tuple)):
+        raise UserError("loras", f"{_show(entries)} is not a list", "give a list of {file, strength}")
+    out = []
+    for e in entries:
+        if not isinstance(e, dict) or not isinstance(e.get("file"), str) or not e["file"].strip():
+            raise UserError("loras", f"{_show(e)} does not name a LoRA file", 'use {"file": NAME, "strength": 1.0}')
+        low = e.get("strength_low")
+        out.append({"file": e["file"], "strength": check_strength(e.get("strength", 1.0), "lora strength"),
+                    "strength_low": None if low is None else check_strength(low, "lora low-noise strength")})
+    return out
 
 
 def check_total_frames(total, field: str = "frames") -> int:

@@ -128,7 +128,7 @@ def sample(req, spec, plan, placement, latents: torch.Tensor, cond: torch.Tensor
     dtype = TORCH_DTYPES[plan.compute_dtype]
     conditioning = conditioning or Conditioning()
     conditioning.to(device, torch.float32)
-    schedule, solver = sampling.make_solver(req.solver, req.steps, req.shift, device=device)
+    schedule, solver = sampling.make_solver(req.solver, req.steps, req.shift, device=device, seed=req.seed)
     x = latents.to(device)
     cond = cond.to(device, dtype)
     uncond = uncond.to(device, dtype) if uncond is not None else None

@@ -34,7 +34,8 @@ def raw_sigmas(solver: str, steps: int) -> np.ndarray:
     if solver == "unipc":
         return np.linspace(_official_sigma_max(), 0.0, steps + 1).copy()[:-1]
     # wan/utils/fm_solvers.py get_sampling_sigmas: linspace(1, 0, N+1)[:N] — used for dpm++;
-    # Euler (not in the official repo) uses the same schedule so it starts from pure noise too.
+    # Euler and LCM (not in the official repo) use the same schedule so they start from pure noise too
+    # (LightX2V's 4-step distills: raw σ 1, .75, .5, .25, then shifted).
     return np.linspace(1, 0, steps + 1)[:steps]
 
 
@@ -88,6 +89,27 @@ class EulerFlowSolver:
         return (x.float() + (s_next - s) * v.float()).to(x.dtype)
 
 
+class LcmFlowSolver:
+    """LightX2V's WanStepDistillScheduler (what ComfyUI calls LCM), for step-distilled LoRAs: predict the
+    clean latent x0 = x − σ·v, then re-noise it to the next σ with fresh noise, x = (1−σ')·x0 + σ'·ε.
+    The noise comes from a CPU generator seeded from the run's seed, so a seed gives the same video."""
+
+    def __init__(self, schedule: Schedule, seed: int):
+        self.sigmas = schedule.sigmas
+        self.step_index = 0
+        self.generator = torch.Generator("cpu").manual_seed(
+            int(np.random.SeedSequence([int(seed), 0x1C]).generate_state(1, dtype=np.uint32)[0]))
+
+    def step(self, v: torch.Tensor, t, x: torch.Tensor) -> torch.Tensor:
+        s, s_next = float(self.sigmas[self.step_index]), float(self.sigmas[self.step_index + 1])
+        self.step_index += 1
+        x0 = x.float() - s * v.float()
+        if s_next <= 0:
+            return x0.to(x.dtype)
+        noise = torch.randn(x.shape, generator=self.generator, dtype=torch.float32).to(x.device)
+        return ((1 - s_next) * x0 + s_next * noise).to(x.dtype)
+
+
 class _DiffusersSolver:
     """Adapts a diffusers multistep scheduler to `step(v, t, x) -> x_next`."""
 
@@ -126,7 +148,7 @@ def make_dpmpp_scheduler(steps: int, shift: float, device=None) -> DPMSolverMult
     return sched
 
 
-def make_solver(solver: str, steps: int, shift: float, device=None):
+def make_solver(solver: str, steps: int, shift: float, device=None, seed: int = 0):
     """Returns (schedule, solver) where solver.step(v, t, x) advances one step."""
     sch = official_schedule(solver, steps, shift)
     if solver == "unipc":
@@ -137,6 +159,8 @@ def make_solver(solver: str, steps: int, shift: float, device=None):
         return sch, _DiffusersSolver(make_dpmpp_scheduler(steps, shift, device))
     if solver == "euler":
         return sch, EulerFlowSolver(sch)
+    if solver == "lcm":
+        return sch, LcmFlowSolver(sch, seed)
     raise ValueError(f"unknown solver {solver!r}")
 
 

@@ -162,3 +162,17 @@ def download(preset: Preset, models_dir: Path, progress: Callable[[str, int, int
         written.append(target)
     shutil.rmtree(Path(models_dir) / "loras" / ".download", ignore_errors=True)
     return written
+
+
+def apply(preset: Preset, req, models_dirs):
+    """`req` with the preset's sampling settings where the request left them unset (what a person typed
+    wins) and the preset's LoRA files added at its strength; UserError naming each missing file."""
+    from dataclasses import replace
+    files = preset.require(models_dirs)
+    filled = {name: getattr(preset, name) for name in ("steps", "guidance", "guidance_2", "shift", "boundary")
+              if getattr(req, name) is None and getattr(preset, name) is not None}
+    if req.solver in (None, "unipc"):      # unipc is the request's default, not a choice to keep
+        filled["solver"] = preset.solver
+    loras = list(req.loras) + [{"file": str(files[pf.expert]), "strength": preset.strength, "strength_low": None}
+                               for pf in preset.files]
+    return replace(req, loras=loras, **filled)
