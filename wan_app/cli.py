@@ -111,9 +111,22 @@ def cmd_models(args) -> int:
             print(f"           {comp}: {path}")
         for m in st.missing:
             print(f"           needs: {m}")
-    problems = [f for f in inv.files if f.problem]
-    for f in problems:
-        print(f"[skipped] {f.path}: {f.problem}")
+    for sentence in inv.folder_problems:
+        print(f"[folder ] {sentence}")
+    for f in inv.unsupported():
+        print(f"[found  ] {f.path}: {f.problem or 'a Wan model this app does not run yet'}")
+    for f in inv.files:
+        if f.problem and not f.unsupported:
+            print(f"[skipped] " + (f.problem if f.problem.startswith(str(f.path)) else f"{f.path}: {f.problem}"))
+    from .lora import find_loras, group_items
+    loras = find_loras([Path(d) for d in models_dirs(args)])
+    for item in group_items([f for f in loras if f.problem is None]):
+        first = item.files[0]
+        pair = " (high + low pair)" if item.is_pair else ""
+        print(f"[lora   ] {item.name}{pair}: for {first.base}, rank {first.rank}")
+    for f in loras:
+        if f.problem:
+            print(f"[skipped] {f.path}: {f.problem}")
     return 0
 
 
