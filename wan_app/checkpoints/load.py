@@ -87,6 +87,53 @@ def _populate(tensors: list[torch.Tensor]) -> None:
         pass
 
 
+_MADV_DONTNEED = 4
+
+
+def _span(t: torch.Tensor) -> tuple[int, int]:
+    return t.data_ptr(), t.data_ptr() + t.numel() * t.element_size()
+
+
+def _release_converted(file_tensors: list[torch.Tensor], model) -> int:
+    """Unmap the pages of file tensors the model no longer uses (it holds converted copies of them).
+
+    One tensor kept from the file (a norm, the umT5 embedding) keeps the whole private mapping alive, and
+    with it every page _populate mapped, so RssFile would show the whole file although the converted
+    tensors' pages are never read again. MADV_DONTNEED takes them out of this mapping (they stay in the
+    page cache, and a read would fault them back from the file: no page here was ever written, see
+    tests/test_low_precision_loading.py). Returns the bytes released."""
+    import ctypes
+    import mmap
+    if not sys.platform.startswith("linux"):
+        return 0
+    kept = sorted(_span(t) for t in list(model.parameters()) + list(model.buffers()) if t.numel())
+    page, released = mmap.PAGESIZE, 0
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return 0
+    for lo, hi in sorted({_span(t) for t in file_tensors if t.numel()}):
+        for a, b in _minus(lo, hi, kept):
+            a, b = -(-a // page) * page, b // page * page       # whole pages only: neighbours may be kept
+            if b > a and libc.madvise(ctypes.c_void_p(a), ctypes.c_size_t(b - a), _MADV_DONTNEED) == 0:
+                released += b - a
+    return released
+
+
+def _minus(lo: int, hi: int, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """[lo, hi) minus the union of sorted `spans`."""
+    out, at = [], lo
+    for a, b in spans:
+        if b <= at or a >= hi:
+            continue
+        if a > at:
+            out.append((at, a))
+        at = max(at, b)
+    if at < hi:
+        out.append((at, hi))
+    return out
+
+
 def _assign(model_cls, config: dict, sd: dict[str, torch.Tensor], source: str, from_config: bool = True,
             fp8_under=None, fp8_skip: tuple[str, ...] = ()):
     """Build on the meta device and assign the (mmap-backed) tensors. `fp8_under(model)` names the
@@ -162,6 +209,7 @@ def build_transformer(found, spec: ModelSpec, dtype: torch.dtype = torch.float32
     keep = list(WanTransformer3DModel._keep_in_fp32_modules or []) if storage is not None else []
     want = lambda k: param_dtype(k, storage if storage is not None else dtype, keep)  # noqa: E731
     raw = open_tensors(found.paths)
+    file_tensors = list(raw.values())
     if found.ident.naming == "official":
         # renaming first (it reads no tensor) lets the dtype rule see the diffusers names it is written for
         raw = convert.dit_official_to_diffusers(raw)
@@ -172,8 +220,10 @@ def build_transformer(found, spec: ModelSpec, dtype: torch.dtype = torch.float32
     del raw
     ident = found.ident
     ident.extra["cross_attn_norm"] = "blocks.0.norm2.weight" in sd
-    return _assign(WanTransformer3DModel, transformer_config(ident, spec.arch.head_dim), sd, str(found.path),
-                   fp8_under=(lambda m: m.blocks) if fp8 else None)
+    model = _assign(WanTransformer3DModel, transformer_config(ident, spec.arch.head_dim), sd, str(found.path),
+                    fp8_under=(lambda m: m.blocks) if fp8 else None)
+    _release_converted(file_tensors, model)
+    return model
 
 
 def load_transformer(files, which: str = "only", dtype: torch.dtype = torch.float32, ignore_scales: bool = False,
@@ -224,6 +274,7 @@ def build_text_encoder(found, dtype: torch.dtype = torch.float32, fp8: bool = Fa
     `wo`, the norms and the position biases are in `dtype`."""
     from transformers import UMT5Config, UMT5EncoderModel
     sd = open_tensors(found.paths)
+    file_tensors = list(sd.values())
     if found.ident.naming == "official":
         sd = convert.umt5_official_to_hf(sd)
     tied = sd.pop("encoder.embed_tokens.weight", None)     # tied to shared.weight: never convert it twice
@@ -252,6 +303,7 @@ def build_text_encoder(found, dtype: torch.dtype = torch.float32, fp8: bool = Fa
     model.encoder.embed_tokens.weight = model.shared.weight    # assign=True made two Parameters of one tensor
     if model.shared.weight.dtype != dtype:
         _cast_embedding_output(model, dtype)
+    _release_converted(file_tensors, model)
     return model
 
 
