@@ -45,6 +45,10 @@ class Conditioning:
     def finish(self, x: torch.Tensor) -> torch.Tensor:
         return x
 
+    def model_kwargs(self) -> dict:
+        """Extra inputs of every transformer forward (I2V's CLIP image features)."""
+        return {}
+
 
 class OverlapReinjection(Conditioning):
     """T2V continuation: before every step the first latent frames become the overlap latents noised to
@@ -97,6 +101,39 @@ class CleanFirstLatents(Conditioning):
         return torch.cat([self.c.to(x.dtype), x[:, :, self.n:]], dim=2)
 
 
+class ImageToVideo(Conditioning):
+    """Wan I2V / FLF2V (wan/image2video.py, first_last_frame2video.py): the DiT input is the noisy latents
+    with `y` concatenated on the channels — a 4-channel mask (1 on the latent frames given as images) and
+    the VAE latents of a clip whose first (and for FLF2V last) frame is the image, zeros elsewhere: 16 + 4 +
+    16 = 36 channels. Every latent frame is denoised, the first too (the image enters only through y and,
+    for Wan2.1, the CLIP features on their own key/value weights). cond and uncond get the same y and CLIP.
+    `inner` (e.g. OverlapReinjection for Extend) still acts on the 16 noisy channels."""
+
+    def __init__(self, y: torch.Tensor, clip: torch.Tensor | None = None, inner: Conditioning | None = None):
+        self.y, self.clip, self.inner = y, clip, inner or Conditioning()
+
+    def to(self, device, dtype) -> None:
+        self.y = self.y.to(device, torch.float32)
+        self.clip = self.clip.to(device) if self.clip is not None else None
+        self.inner.to(device, dtype)
+
+    def before_step(self, step, sigma, x):
+        return self.inner.before_step(step, sigma, x)
+
+    def model_input(self, x, t):
+        x, t = self.inner.model_input(x, t)
+        return torch.cat([x, self.y.to(x.dtype)], dim=1), t
+
+    def clean(self, x0):
+        return self.inner.clean(x0)
+
+    def finish(self, x):
+        return self.inner.finish(x)
+
+    def model_kwargs(self) -> dict:
+        return {} if self.clip is None else {"encoder_hidden_states_image": self.clip}
+
+
 # ---- the loop ---------------------------------------------------------------------------------------
 @dataclass
 class Sampled:
@@ -132,6 +169,7 @@ def sample(req, spec, plan, placement, latents: torch.Tensor, cond: torch.Tensor
     x = latents.to(device)
     cond = cond.to(device, dtype)
     uncond = uncond.to(device, dtype) if uncond is not None else None
+    extra = {k: v.to(device, dtype) for k, v in conditioning.model_kwargs().items()}
     # plan.cfg_batched: cond and uncond as one batch of 2, so swapped blocks cross the bus once a step
     both = torch.cat([cond, uncond]) if plan.cfg_batched and uncond is not None else None
     expert, forwards = None, 0
@@ -154,15 +192,16 @@ def sample(req, spec, plan, placement, latents: torch.Tensor, cond: torch.Tensor
         scale = req.guidance_2 if want == "low" else req.guidance
         x_model, t_model = conditioning.model_input(x, t.to(device))
         if cfg_passes(scale) == 1:
-            v = _forward(model, x_model.to(dtype), t_model, cond)
+            v = _forward(model, x_model.to(dtype), t_model, cond, extra)
             forwards += 1
         else:
             if uncond is None:
                 raise ValueError("CFG with a scale other than 1 needs the negative prompt's embeddings")
-            v = sampling.cfg(*_velocities(model, x_model.to(dtype), t_model, cond, uncond, both), scale)
+            v = sampling.cfg(*_velocities(model, x_model.to(dtype), t_model, cond, uncond, both, extra), scale)
             forwards += 2
-        # a preview every step: the linear latent→RGB map costs milliseconds
-        x0 = conditioning.clean(sampling.predicted_clean(x_model, v, sigma))
+        # a preview every step: the linear latent→RGB map costs milliseconds (x0 of the noisy channels:
+        # an I2V input carries its mask and image latents after them)
+        x0 = conditioning.clean(sampling.predicted_clean(x_model[:, :v.shape[1]], v, sigma))
         emit(events.Preview(i + 1, n, latent_to_rgb(x0, spec.vae), expert=None if want == "only" else want,
                             window=window))
         x = solver.step(v, t, x)
@@ -173,19 +212,21 @@ def sample(req, spec, plan, placement, latents: torch.Tensor, cond: torch.Tensor
     return Sampled(x.float().cpu(), schedule, forwards)
 
 
-def _forward(model, x, t, context):
+def _forward(model, x, t, context, extra=None):
     tt = t.expand(x.shape[0]) if t.ndim == 0 else t
-    return model(hidden_states=x, timestep=tt, encoder_hidden_states=context, return_dict=False)[0]
+    return model(hidden_states=x, timestep=tt, encoder_hidden_states=context, return_dict=False,
+                 **(extra or {}))[0]
 
 
-def _velocities(model, x, t, cond, uncond, both=None):
+def _velocities(model, x, t, cond, uncond, both=None, extra=None):
     """(v_cond, v_uncond): two forwards, or one batch-2 forward when `both` = cat([cond, uncond])."""
     if both is not None:
         t2 = t.expand(2) if t.ndim == 0 else t.expand(2, -1)        # per-token timesteps are [1, seq]
+        extra2 = {k: torch.cat([v, v]) for k, v in (extra or {}).items()}
         v = model(hidden_states=torch.cat([x, x]), timestep=t2, encoder_hidden_states=both,
-                  return_dict=False)[0]
+                  return_dict=False, **extra2)[0]
         return v[:1], v[1:]
-    return _forward(model, x, t, cond), _forward(model, x, t, uncond)
+    return _forward(model, x, t, cond, extra), _forward(model, x, t, uncond, extra)
 
 
 def initial_noise(spec, req) -> torch.Tensor:
