@@ -230,6 +230,23 @@ def test_killed_job_resumes_to_the_same_frames_as_an_uninterrupted_run(tiny_root
     assert not journal.exists() and list_resumable(out.parent) == []
 
 
+def test_a_second_resume_of_a_running_job_is_refused_while_the_first_runs(tiny_root, tmp_path):
+    out = tmp_path / "busy" / "v.mp4"
+    first = worker(tiny_root, out, "--frames", "25", "--window", "9", "--steps", "3", "--step-sleep", "0.3")
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and first.poll() is None and not journal_path(out).exists():
+            time.sleep(0.02)
+        assert first.poll() is None, first.communicate()
+        evs = drain(resume_long(engine_for(tiny_root, T2V, tmp_path), out))
+        end = last_of(evs)
+        assert isinstance(end, events.Failed) and "already running" in end.message, end
+        assert not any(isinstance(e, events.PlanReady) for e in evs)       # refused before anything ran
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+
+
 def test_h264_encoding_is_deterministic_for_identical_frames(tmp_path):
     """What the resume comparison relies on: the same frames encode to the same bytes."""
     frames = np.random.default_rng(3).integers(0, 255, (9, 64, 64, 3), dtype=np.uint8)

@@ -112,12 +112,12 @@ class Engine:
         model loads."""
         out = Path(out_path) if out_path else None
         if isinstance(job, LongRequest):
-            return self._stream(lambda: long_job(self, job, out, overrides), cancel)
-        return self._stream(lambda: clip_job(self, job, out, overrides), cancel)
+            return self._stream(lambda locks: long_job(self, job, out, overrides, locks), cancel)
+        return self._stream(lambda locks: clip_job(self, job, out, overrides), cancel)
 
     def resume(self, path: str | Path, cancel: threading.Event | None = None) -> Iterator[events.Event]:
         """Continue an interrupted long video from its journal. `path`: the output mp4 or its journal."""
-        return self._stream(lambda: resumed_job(self, Path(path)), cancel)
+        return self._stream(lambda locks: resumed_job(self, Path(path), locks), cancel)
 
     def _stream(self, make_job, cancel) -> Iterator[events.Event]:
         q: queue.Queue = queue.Queue()

@@ -12,6 +12,7 @@ window needs (wan_app.longvideo, wan_app.journal), so a crash loses at most the 
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field, replace
@@ -25,7 +26,7 @@ import torch
 from . import __version__, events, media, outputs, sampler
 from .colormatch import warm_up
 from .errors import Cancelled, UserError
-from .journal import Journal, journal_path, load_overlap, overlap_path, save_overlap
+from .journal import SUFFIX, Journal, journal_path, load_overlap, lock_job, overlap_path, save_overlap, video_path
 from .longvideo import (LongRequest, join_window, new_frames, plan_windows, prompt_for, uses_image_conditioning,
                         window_seed)
 from .media import GrowingVideo, write_mp4
@@ -179,8 +180,9 @@ def _windows_of(lreq: LongRequest, frames: list[int]) -> list[Window]:
             for k, f in enumerate(frames)]
 
 
-def long_job(engine, lreq: LongRequest, out_path: Path | None, overrides) -> Job:
-    """Validate, read the input's overlap, plan the longest window, create the output and its journal."""
+def long_job(engine, lreq: LongRequest, out_path: Path | None, overrides, locks=None) -> Job:
+    """Validate, read the input's overlap, plan the longest window, create the output and its journal.
+    `locks` (an ExitStack) holds the job's lock for as long as the job runs."""
     base, window, overlap, frames = long_layout(engine, lreq, overrides)
     from_video = lreq.input_video is not None
     first_overlap = None
@@ -194,6 +196,8 @@ def long_job(engine, lreq: LongRequest, out_path: Path | None, overrides) -> Job
                                            prompt_for(base.prompt, 0), base.seed)
     path = Path(out_path)
     outputs.ensure_writable(path.parent)
+    if locks is not None:
+        locks.enter_context(lock_job(path))
     if journal_path(path).exists():
         raise UserError("out", f"{path.name} is an unfinished long video",
                         f"resume it (python app.py extend --resume {path}) or choose another output")
@@ -212,8 +216,11 @@ def long_job(engine, lreq: LongRequest, out_path: Path | None, overrides) -> Job
     return job
 
 
-def resumed_job(engine, job_path: Path) -> Job:
-    """Rebuild a long job from its journal; reconcile a crash that fell between an append and the journal."""
+def resumed_job(engine, job_path: Path, locks=None) -> Job:
+    """Rebuild a long job from its journal; reconcile a crash that fell between an append and the journal.
+    A second resume of the same job (another process, or this one) is refused while the first runs."""
+    if locks is not None:
+        locks.enter_context(lock_job(video_path(job_path) if job_path.name.endswith(SUFFIX) else job_path))
     journal = Journal.load(job_path)
     lreq = LongRequest.from_dict(journal.request)
     path = Path(journal.video)
@@ -354,13 +361,14 @@ class BrokenOutput(Exception):
         self.hint = hint
 
 
-def run_job(engine, make_job: Callable[[], Job], emit: Emit, cancel) -> None:
-    """Run a job to its end, reporting everything as events (never raising for expected failures)."""
+def run_job(engine, make_job: Callable, emit: Emit, cancel) -> None:
+    """Run a job to its end, reporting everything as events (never raising for expected failures).
+    `make_job(locks)` builds the job; what it enters into `locks` is held until the job ends."""
     t_start = time.perf_counter()
     job = None
     try:
-        with engine.busy():
-            job = make_job()
+        with engine.busy(), contextlib.ExitStack() as locks:
+            job = make_job(locks)
             _run_windows(engine, job, emit, cancel, t_start)
     except UserError as e:
         emit(events.Failed(f"{e.field}: {e.problem}", e.fix))
