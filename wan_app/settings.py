@@ -141,6 +141,7 @@ _REQUEST_CHECKS = {
     "guidance_2": _opt(_type(_is_number, "a number")), "boundary": _opt(_type(_is_number, "a number")),
     "solver": _choice(catalog.SOLVERS),
     "seed": _opt(_seed),
+    "loras": _type(lambda v: isinstance(v, list) and all(isinstance(e, dict) for e in v), "a list of LoRAs"),
 }
 assert set(_REQUEST_CHECKS) == {f.name for f in fields(Request)}, "a new Request field needs a check"
 
