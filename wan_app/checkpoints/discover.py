@@ -21,7 +21,7 @@ from ..errors import UserError
 from .headers import read_header
 from .identify import Identity, identify, unsupported_reason
 
-from .survey import SHARD as _SHARD, TOKENIZER_FILES as _TOKENIZER_FILES, WEIGHT_SUFFIXES, Entry, Survey, survey  # noqa: F401
+from .survey import Survey, survey
 
 
 @dataclass
