@@ -91,9 +91,18 @@ def quantize_scaled_fp8(sd: dict[str, torch.Tensor], linear_keys: list[str]) -> 
 
 
 # ---------------------------------------------------------------------------------------------- DiT
+# diffusers' single-file converter maps the I2V names (img_emb.proj.* -> condition_embedder.image_embedder.*,
+# k_img / v_img / norm_k_img -> add_k_proj / add_v_proj / norm_added_k) but not FLF2V's position table, which
+# its scripts/convert_wan_to_diffusers.py renames to image_embedder.pos_embed.
+_FLF_POS = ("img_emb.emb_pos", "condition_embedder.image_embedder.pos_embed")
+
+
 def dit_official_to_diffusers(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
-    return convert_wan_transformer_to_diffusers(dict(sd))   # it pops from its argument
+    out = convert_wan_transformer_to_diffusers(dict(sd))   # it pops from its argument
+    if _FLF_POS[0] in out:
+        out[_FLF_POS[1]] = out.pop(_FLF_POS[0])
+    return out
 
 
 _DIT_INV = [
@@ -109,12 +118,30 @@ _DIT_INV = [
 ]
 
 
+# I2V parts, mapped before the generic rules (whose norm2/norm3 swap would hit image_embedder.norm2)
+_DIT_I2V_INV = [
+    ("condition_embedder.image_embedder.norm1.", "img_emb.proj.0."),
+    ("condition_embedder.image_embedder.ff.net.0.proj.", "img_emb.proj.1."),
+    ("condition_embedder.image_embedder.ff.net.2.", "img_emb.proj.3."),
+    ("condition_embedder.image_embedder.norm2.", "img_emb.proj.4."),
+    (".add_k_proj.", ".k_img."), (".add_v_proj.", ".v_img."), (".norm_added_k.", ".norm_k_img."),
+]
+
+
 def dit_diffusers_to_official(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     out = {}
     for k, v in sd.items():
         if k == "scale_shift_table":
             out["head.modulation"] = v
             continue
+        if k == _FLF_POS[1]:
+            out[_FLF_POS[0]] = v
+            continue
+        if k.startswith("condition_embedder.image_embedder."):
+            out[next(k.replace(a, b) for a, b in _DIT_I2V_INV if k.startswith(a))] = v
+            continue
+        for a, b in _DIT_I2V_INV[4:]:
+            k = k.replace(a, b)
         n = k.replace(".scale_shift_table", ".modulation")
         for a, b in _DIT_INV:
             n = n.replace(a, b)
