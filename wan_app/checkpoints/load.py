@@ -44,6 +44,7 @@ class Components:
     text_encoder: object                # transformers UMT5EncoderModel
     tokenizer: object                   # PreTrainedTokenizerBase
     sources: dict[str, str] = field(default_factory=dict)
+    clip: object | None = None          # transformers CLIPVisionModel (Wan2.1 I2V / FLF2V), else None
 
 
 def open_tensors(paths: list[Path]) -> dict[str, torch.Tensor]:
@@ -160,12 +161,17 @@ def _read_json(path: Path) -> dict | None:
 
 # ---------------------------------------------------------------------------------------------- DiT
 def transformer_config(ident, head_dim: int) -> dict:
+    """As diffusers' Wan configs have it; I2V with CLIP (img_emb): image_dim = the CLIP width, the image
+    key/value projections take the DiT width (added_kv_proj_dim = dim), FLF2V adds the 2×257 position table."""
     a = ident.arch
+    img = ident.has_img_emb
     return dict(patch_size=list(ident.extra.get("patch_size", (1, 2, 2))), num_attention_heads=a.dim // head_dim,
                 attention_head_dim=head_dim, in_channels=a.in_channels, out_channels=a.out_channels,
                 text_dim=ident.text_dim, freq_dim=ident.freq_dim, ffn_dim=a.ffn_dim, num_layers=a.num_layers,
                 cross_attn_norm=ident.extra.get("cross_attn_norm", True), qk_norm="rms_norm_across_heads",
-                eps=1e-6, image_dim=None, added_kv_proj_dim=None, rope_max_seq_len=1024)
+                eps=1e-6, image_dim=ident.extra.get("image_dim") if img else None,
+                added_kv_proj_dim=a.dim if img else None,
+                pos_embed_seq_len=ident.extra.get("pos_embed_seq_len") if img else None, rope_max_seq_len=1024)
 
 
 # Plan names of the storage dtypes (wan_app.plan_types.DTYPES), so the engine can pass plan.weight_dtype.
@@ -389,8 +395,14 @@ def load_components(files, dtype: torch.dtype = torch.float32, experts: str = "b
     dit = dict(dtype=dtype, fp8=fp8, storage_dtype=storage_dtype)
     transformer = load_transformer(files, "high" if spec.experts == 2 else "only", **dit)
     transformer_2 = load_transformer(files, "low", **dit) if spec.experts == 2 and experts == "both" else None
+    # the CLIP encoder runs once per image before sampling, in fp32 as the VAE (the official code keeps it
+    # in fp16 on a GPU, fp32 on a CPU); it is small (ViT-H/14: 0.63 B params)
+    clip = getattr(files, "clip", None)
+    if clip is not None:
+        from .clip_vision import build_clip_vision
+        clip = build_clip_vision(clip, torch.float32)
     return Components(spec=spec, transformer=transformer, transformer_2=transformer_2,
                       vae=build_vae(files.vae, torch.float32),
                       text_encoder=build_text_encoder(files.text_encoder, text_encoder_dtype or dtype,
                                                       fp8=text_encoder_fp8),
-                      tokenizer=load_tokenizer(files.tokenizer), sources=files.sources())
+                      tokenizer=load_tokenizer(files.tokenizer), sources=files.sources(), clip=clip)
