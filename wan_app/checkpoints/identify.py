@@ -18,14 +18,14 @@ _BLOCK = re.compile(r"^(?:blocks|encoder\.block|block)\.(\d+)\.")
 
 @dataclass
 class Identity:
-    kind: str                    # dit | text_encoder | vae | unknown
-    naming: str = ""             # official | diffusers | hf
+    kind: str                    # dit | text_encoder | vae | clip_vision | unknown
+    naming: str = ""             # official | diffusers | hf (CLIP vision: hf | official)
     prefixed: bool = False       # keys carry model.diffusion_model.
     dtype: str = ""              # fp32 | bf16 | fp16 | fp8 | fp8_scaled
     arch: Arch | None = None     # DiT shape (head_dim still the catalog default)
     text_dim: int | None = None  # DiT: width of the text embeddings it expects
     freq_dim: int | None = None
-    has_img_emb: bool = False    # I2V with CLIP
+    has_img_emb: bool = False    # I2V with CLIP (extra: image_dim; FLF2V also pos_embed_seq_len)
     d_model: int | None = None   # text encoder width
     vocab_size: int | None = None
     has_spiece: bool = False     # umT5 file with the tokenizer inside (ComfyUI)
@@ -80,6 +80,8 @@ def _identify(keys: dict[str, TensorInfo], prefixed: bool, dtype: str) -> Identi
         emb = keys["token_embedding.weight"]
         return Identity("text_encoder", "official", prefixed, dtype, d_model=emb.shape[1], vocab_size=emb.shape[0],
                         has_spiece="spiece_model" in keys)
+    if (clip := _clip_vision(keys, prefixed, dtype)) is not None:
+        return clip
     if "decoder.middle.0.residual.0.gamma" in keys and "conv2.weight" in keys:
         return Identity("vae", "official", prefixed, dtype, z_dim=keys["conv2.weight"].shape[0],
                         extra=_vae_base(keys, "encoder.conv1.weight"))
@@ -101,9 +103,42 @@ def _dit(keys: dict[str, TensorInfo], prefixed: bool, dtype: str) -> Identity:
     freq = keys[name("time_embedding.0.weight", "condition_embedder.time_embedder.linear_1.weight")].shape
     img = any(k.startswith(name("img_emb.", "condition_embedder.image_embedder.")) for k in keys)
     vace = any(k.startswith("vace_") for k in keys)
+    extra = {"patch_size": tuple(patch[2:]), "vace": vace}
+    if img:   # the CLIP feature width img_emb takes (1280 for ViT-H/14), and FLF2V's two-image position table
+        first = keys.get(name("img_emb.proj.1.weight", "condition_embedder.image_embedder.ff.net.0.proj.weight"))
+        norm = keys.get(name("img_emb.proj.0.weight", "condition_embedder.image_embedder.norm1.weight"))
+        extra["image_dim"] = first.shape[-1] if first is not None else norm.shape[0]
+        pos = keys.get(name("img_emb.emb_pos", "condition_embedder.image_embedder.pos_embed"))
+        if pos is not None:
+            extra["pos_embed_seq_len"] = pos.shape[1]
     return Identity("dit", "official" if official else "diffusers", prefixed, dtype,
                     arch=Arch(dim, ffn, layers, patch[1], out), text_dim=text[1], freq_dim=freq[1], has_img_emb=img,
-                    extra={"patch_size": tuple(patch[2:]), "vace": vace})
+                    extra=extra)
+
+
+# CLIP vision towers. HF names (ComfyUI's clip_vision_h.safetensors, a diffusers image_encoder/; transformers 4
+# saved them under `vision_model.`, transformers 5 without it) and the official Wan .pth
+# (wan/modules/clip.py: the whole XLM-RoBERTa CLIP, vision tower under `visual.`).
+HF_VISION_PREFIX = "vision_model."
+CLIP_HEAD_DIM = 80       # ViT-H/14: width 1280, 16 heads (open_clip ViT-H-14 config, head_width 80)
+
+
+def _clip_vision(keys: dict[str, TensorInfo], prefixed: bool, dtype: str) -> Identity | None:
+    hf = {k.removeprefix(HF_VISION_PREFIX): v for k, v in keys.items()}
+    if "embeddings.class_embedding" in hf and "encoder.layers.0.self_attn.q_proj.weight" in hf:
+        patch, pos = hf["embeddings.patch_embedding.weight"].shape, hf["embeddings.position_embedding.weight"].shape
+        width, ffn, naming = hf["embeddings.class_embedding"].shape[-1], hf["encoder.layers.0.mlp.fc1.weight"].shape[0], "hf"
+        layers = 1 + max(int(k.split(".")[2]) for k in hf if k.startswith("encoder.layers."))
+    elif "visual.transformer.0.attn.to_qkv.weight" in keys and "visual.patch_embedding.weight" in keys:
+        patch, pos = keys["visual.patch_embedding.weight"].shape, keys["visual.pos_embedding"].shape[-2:]
+        width, ffn, naming = patch[0], keys["visual.transformer.0.mlp.0.weight"].shape[0], "official"
+        layers = 1 + max(int(k.split(".")[2]) for k in keys if k.startswith("visual.transformer."))
+    else:
+        return None
+    side = round((pos[0] - 1) ** 0.5)          # one class token + side² patches
+    return Identity("clip_vision", naming, prefixed, dtype,
+                    extra={"width": width, "ffn": ffn, "layers": layers, "patch": patch[-1],
+                           "image_size": side * patch[-1]})
 
 
 def _vae_base(keys, conv_in: str) -> dict:
@@ -123,12 +158,12 @@ def dit_shape_text(ident: Identity) -> str:
 
 
 def unsupported_reason(ident: Identity, known: bool) -> str | None:
-    """None for a DiT this app can run (`known`: a catalog entry has its shape); else one sentence with its
-    shape and what it probably is."""
-    if ident.kind != "dit" or (known and not ident.has_img_emb):
+    """None for a DiT this app can run (`known`: a catalog entry fits it, see catalog.specs_for_dit);
+    else one sentence with its shape and what it probably is."""
+    if ident.kind != "dit" or known:
         return None
     if ident.has_img_emb or ident.arch.in_channels == I2V_IN_CHANNELS:
-        what = "image-to-video"
+        what = "an image-to-video model of a size this app does not have"
     elif ident.extra.get("vace"):
         what = "a VACE (control) model"
     else:
