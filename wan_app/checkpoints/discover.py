@@ -27,7 +27,7 @@ from .survey import Survey, survey
 @dataclass
 class FoundFile:
     path: Path                                   # the file, or the folder (tokenizer) / index (shards)
-    kind: str                                    # dit | text_encoder | vae | tokenizer | diffusers | unknown
+    kind: str                                    # dit | text_encoder | vae | clip_vision | tokenizer | diffusers | unknown
     layout: str = ""                             # diffusers | official | comfyui
     dtype: str = ""                              # fp32 | bf16 | fp16 | fp8 | fp8_scaled
     expert: str | None = None                    # A14B: "high" | "low" (from the folder or the file name)
@@ -36,6 +36,7 @@ class FoundFile:
     paths: list[Path] = field(default_factory=list)   # the files to read (shards)
     nbytes: int = 0
     unsupported: str | None = None               # a Wan DiT no catalog model has: its shape, in words
+    variant: str | None = None                   # Wan2.1 I2V: "480p" | "720p" (from the folder or the file name)
 
     @property
     def arch(self):
@@ -66,6 +67,7 @@ class ModelFiles:
     text_encoder: FoundFile
     tokenizer: FoundFile                        # a tokenizer folder, or the umT5 file carrying spiece_model
     vae: FoundFile
+    clip: FoundFile | None = None               # the CLIP vision encoder of Wan2.1 I2V / FLF2V
 
     @property
     def dit_dtype(self) -> str:
@@ -74,7 +76,7 @@ class ModelFiles:
 
     def key(self) -> tuple:
         """Identity of what would be loaded: paths, sizes and mtimes, so a replaced file reloads."""
-        parts = [self.transformer, self.transformer_2, self.text_encoder, self.tokenizer, self.vae]
+        parts = [self.transformer, self.transformer_2, self.text_encoder, self.tokenizer, self.vae, self.clip]
         out = []
         for f in parts:
             if f is None:
@@ -92,11 +94,13 @@ class ModelFiles:
              "tokenizer": str(self.tokenizer.path), "vae": str(self.vae.path)}
         if self.transformer_2:
             s["transformer_2"] = str(self.transformer_2.path)
+        if self.clip:
+            s["clip"] = str(self.clip.path)
         return s
 
     def describe(self) -> dict:
         parts = {"transformer": self.transformer, "transformer_2": self.transformer_2,
-                 "text_encoder": self.text_encoder, "tokenizer": self.tokenizer, "vae": self.vae}
+                 "text_encoder": self.text_encoder, "tokenizer": self.tokenizer, "vae": self.vae, "clip": self.clip}
         return {"model_id": self.spec.id, "model": self.spec.name,
                 **{k: f.describe() for k, f in parts.items() if f is not None}}
 
@@ -113,6 +117,25 @@ def _expert(path: Path) -> str | None:
     if parents and parents[0] == "transformer" and (path.parent.parent / "transformer_2").is_dir():
         return "high"
     return None
+
+
+def _variant(path: Path) -> str | None:
+    """Wan2.1 I2V 480P or 720P: the same tensors, told apart only by the name of the file or its folders
+    (wan2.1_i2v_480p_14B_*.safetensors, Wan2.1-I2V-14B-720P/, Wan2.1-I2V-14B-480P-Diffusers/transformer/)."""
+    for name in [path.name] + [p.name for p in path.parents][:2]:
+        for v in ("480p", "720p"):
+            if v in name.lower():
+                return v
+    return None
+
+
+def _first_last(ident: Identity) -> bool:
+    """FLF2V: img_emb has a position table for two images (first and last frame)."""
+    return "pos_embed_seq_len" in ident.extra
+
+
+def _fits(ident: Identity) -> list[ModelSpec]:
+    return catalog.specs_for_dit(ident.arch, ident.has_img_emb, _first_last(ident))
 
 
 def _layout(ident: Identity, path: Path) -> str:
@@ -145,7 +168,8 @@ def identify_file(paths: list[Path], shown: Path | None = None) -> FoundFile:
                          "remove it from the models folder or ignore this line")
     if ident.kind == "dit":
         found.expert = _expert(shown)
-        found.unsupported = unsupported_reason(ident, bool(catalog.specs_for_arch(ident.arch)))
+        found.variant = _variant(shown)
+        found.unsupported = unsupported_reason(ident, bool(_fits(ident)))
         if found.unsupported and not problem:
             found.problem = found.unsupported
     return found
@@ -160,7 +184,10 @@ def _inventory(dirs, sv: Survey, known: dict) -> "Inventory":
     """Build the Inventory of a survey; `known` maps an entry's (paths, stamp) to a FoundFile identified
     before, and is filled with what is identified now."""
     files: list[FoundFile] = []
+    roots = [Path(d).expanduser() for d in dirs]
     for e in sv.entries:
+        if _in_loras(e.shown, roots):
+            continue             # LoRAs are wan_app.lora.find's (each would be an 'unknown' file here)
         if e.kind == "weights":
             key = (e.shown, e.paths, e.stamp)
             f = known.get(key)
@@ -173,6 +200,9 @@ def _inventory(dirs, sv: Survey, known: dict) -> "Inventory":
             files.append(f)
         elif e.kind == "diffusers":
             files.append(FoundFile(e.shown, "diffusers", "diffusers"))
+        elif e.kind == "tokenizer" and _clip_text_tokenizer(e.shown):
+            # the official I2V folders carry CLIP's text tokenizer (xlm-roberta-large/), which this app never uses
+            files.append(FoundFile(e.shown, "clip_tokenizer", "official"))
         elif e.kind == "tokenizer":
             files.append(FoundFile(e.shown, "tokenizer", "diffusers" if e.shown.name == "tokenizer" else "official",
                                    problem=e.problem, nbytes=e.vocab_bytes))
@@ -222,6 +252,35 @@ def scan_cached(dirs: list[Path], refresh: bool = False) -> "Inventory":
     return _CACHE.get(dirs, refresh=refresh)
 
 
+def _in_loras(path: Path, roots: list[Path]) -> bool:
+    """Inside a `loras/` folder of a models folder (ComfyUI's models/loras), at any depth."""
+    for root in roots:
+        try:
+            rel = Path(path).relative_to(root)
+        except ValueError:
+            continue
+        if any(part.lower() == "loras" for part in rel.parts[:-1]):
+            return True
+    return False
+
+
+def _clip_text_tokenizer(folder: Path) -> bool:
+    """XLM-RoBERTa's tokenizer (official Wan2.1 I2V folders: xlm-roberta-large/, sentencepiece.bpe.model),
+    not umT5's (spiece.model)."""
+    if "xlm-roberta" in folder.name.lower():
+        return True
+    if (folder / "sentencepiece.bpe.model").is_file() and not (folder / "spiece.model").is_file():
+        return True
+    try:
+        cfg = (folder / "tokenizer_config.json")
+        if cfg.stat().st_size < 1_000_000:
+            import json
+            return str(json.loads(cfg.read_text()).get("tokenizer_class", "")).startswith("XLMRoberta")
+    except (OSError, ValueError, AttributeError):
+        pass
+    return False
+
+
 def _closeness(a: Path, b: Path) -> int:
     return len(os.path.commonpath([str(Path(a).resolve()), str(Path(b).resolve())]))
 
@@ -234,10 +293,15 @@ def _where(spec: ModelSpec, subdir: str, fallback: str, expert: str | None = Non
 
 TINY_VAE_MAX_BASE = 32     # real Wan VAEs start at 96 (2.1) or 160 (2.2) channels
 TINY_TOKENIZER_MAX_BYTES = 1_000_000   # umT5: tokenizer.json ~16 MB, spiece.model 4.5 MB; tiny: 5 KB, 240 KB
+TINY_CLIP_MAX_LAYERS = 12   # real CLIP vision towers have 12 (ViT-B) to 48 (ViT-bigG) blocks; the tiny one 3
 
 
 def _tiny_vae(f: FoundFile) -> bool:
     return f.ident.extra.get("base_dim", 96) < TINY_VAE_MAX_BASE
+
+
+def _tiny_clip(f: FoundFile) -> bool:
+    return f.ident.extra["layers"] < TINY_CLIP_MAX_LAYERS
 
 
 class Inventory:
@@ -265,7 +329,7 @@ class Inventory:
     def _dits(self, spec: ModelSpec, expert: str | None) -> list[FoundFile]:
         out = []
         for f in self.of_kind("dit"):
-            if f.ident.has_img_emb or spec not in catalog.specs_for_arch(f.arch):
+            if spec not in _fits(f.ident) or (spec.variant and f.variant not in (None, spec.variant)):
                 continue
             if (spec.experts == 2 and f.expert == expert) or (spec.experts == 1 and f.expert is None):
                 out.append(f)
@@ -287,6 +351,12 @@ class Inventory:
                 # a DiT of this model's size that is another kind of model: say it was found, and what it is
                 missing += [f"Found {f.path}, but it is a {f.unsupported}." for f in self.unsupported()
                             if f.arch.dim == spec.arch.dim and f.arch.num_layers == spec.arch.num_layers]
+                if expert:   # an expert of this model whose name does not say which one (no other model takes it)
+                    missing += [f"Found {f.path}: it is shaped like {spec.name}'s experts, but neither its name nor "
+                                "its folder says which one (put high_noise or low_noise in the file name)."
+                                for f in self.of_kind("dit") if f.expert is None and not f.problem
+                                and spec in _fits(f.ident) and not any(s.experts == 1 for s in _fits(f.ident))
+                                and role == "transformer"]
                 what = f"the {expert}-noise expert of {spec.name}" if expert else f"the {spec.name} diffusion model"
                 fix = ("run `python -m wan_app.tiny <models>` to write the tiny test models" if spec.tiny else
                        f"put {_where(spec, 'diffusion_models', 'its file', expert)} (or a diffusers folder: {spec.diffusers_repo})")
@@ -326,6 +396,9 @@ class Inventory:
             vae_file = "Wan2.2_VAE.pth / wan2.2_vae.safetensors" if spec.vae == "wan2.2" else "Wan2.1_VAE.pth / wan_2.1_vae.safetensors"
             missing.append(f"Missing the {spec.vae.capitalize()} VAE: put {_where(spec, 'vae', vae_file)}.")
 
+        if spec.clip:
+            self._pick_clip(spec, chosen, missing, broken, near)
+
         # a tiny test tokenizer (64 pieces) would turn a real prompt into garbage ids, and vice versa
         toks = near([f for f in self.of_kind("tokenizer") if (f.nbytes < TINY_TOKENIZER_MAX_BYTES) == spec.tiny
                      and not f.problem])
@@ -339,6 +412,24 @@ class Inventory:
                            "tokenizer_config.json) under <models>/ (e.g. <models>/google/umt5-xxl/), or use ComfyUI's "
                            "umt5_xxl_*.safetensors, which carries it inside.")
         return chosen, [self._here(m) for m in missing], broken
+
+    def _pick_clip(self, spec: ModelSpec, chosen: dict, missing: list[str], broken: list[str], near) -> None:
+        """The CLIP vision encoder whose width is the one the DiT's img_emb takes (1280: ViT-H/14)."""
+        clips = self.of_kind("clip_vision")
+        broken += [f.problem for f in clips if f.problem]
+        clips = [f for f in clips if not f.problem and _tiny_clip(f) == spec.tiny]
+        dit = chosen.get("transformer")
+        want = dit.ident.extra.get("image_dim") if dit is not None else None
+        fit = near([f for f in clips if want is None or f.ident.extra["width"] == want])
+        if fit:
+            chosen["clip"] = fit[0]
+            return
+        for f in clips:
+            broken.append(f"CLIP vision encoder {f.path} has width {f.ident.extra['width']}, but {spec.name} needs "
+                          f"{want} (CLIP ViT-H/14)")
+        missing.append(f"Missing the CLIP vision encoder (ViT-H/14) of {spec.name}: put "
+                       f"{_where(spec, 'clip_vision', 'clip_vision_h.safetensors')} (or the official "
+                       "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth next to the model's files).")
 
     # -- public ---------------------------------------------------------------------------------
     def status(self) -> list[ModelStatus]:
@@ -361,4 +452,4 @@ class Inventory:
             raise UserError("model", f"{spec.name} cannot run yet. {detail}",
                             "put the files where it says (or use Download in Settings), then rescan")
         return ModelFiles(spec, chosen["transformer"], chosen.get("transformer_2"), chosen["text_encoder"],
-                          chosen["tokenizer"], chosen["vae"])
+                          chosen["tokenizer"], chosen["vae"], chosen.get("clip"))
