@@ -197,20 +197,22 @@ def test_tiny_demo_parts_never_stand_in_for_a_real_models_parts(tiny_root):
 
 # ---- found but unsupported, folder problems, the inventory cache ---------------------------------------
 
-def test_an_i2v_14b_file_is_reported_found_and_unsupported_with_its_shape(tmp_path):
+def test_an_i2v_dit_of_a_size_no_model_has_is_reported_found_and_unsupported_with_its_shape(tmp_path):
+    # Wan2.1-Fun-1.3B-InP: the 1.3B's size with I2V's 36 input channels and a CLIP image embedder
     from .sparse_checkpoints import wan_dit_tensors, write_header_only
-    dit = write_header_only(tmp_path / "diffusion_models" / "wan2.1_i2v_720p_14B_fp8_e4m3fn.safetensors",
-                            wan_dit_tensors(5120, 13824, 40, in_ch=36, img_emb=True))
+    dit = write_header_only(tmp_path / "diffusion_models" / "wan2.1_fun_1.3B_InP.safetensors",
+                            wan_dit_tensors(1536, 8960, 30, in_ch=36, img_emb=True))
     inv = scan([tmp_path])
     [f] = inv.unsupported()
     assert f.path == dit and f.kind == "dit"
-    assert f.problem == "Wan DiT dim 5120, 40 layers, in_channels 36 — image-to-video, not supported yet"
+    assert f.problem.startswith("Wan DiT dim 1536, 30 layers, in_channels 36 — ")
+    assert "image-to-video" in f.problem and f.problem.endswith("not supported yet")
     assert f.problem in inv.problems()
-    # the models of that size say the file is there and what it is, before what they still need
-    st = status_of(inv, "wan2.1-t2v-14b")
-    assert st.missing[0] == f"Found {dit}, but it is a Wan DiT dim 5120, 40 layers, in_channels 36 — image-to-video, not supported yet."
+    # the model of that size says the file is there and what it is, before what it still needs
+    st = status_of(inv, "wan2.1-t2v-1.3b")
+    assert st.missing[0] == f"Found {dit}, but it is a {f.problem}."
     # other sizes do not mention it
-    assert not any(m.startswith("Found") for m in status_of(inv, "wan2.1-t2v-1.3b").missing)
+    assert not any(m.startswith("Found") for m in status_of(inv, "wan2.1-t2v-14b").missing)
 
 
 def test_a_dit_of_an_unknown_shape_is_not_silently_ignored(tmp_path):

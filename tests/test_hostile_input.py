@@ -425,7 +425,7 @@ CASES = [
     Case("models: FIFO named x.pth", scan_with(lambda d, e: os.mkfifo(d / "x.pth")), skipped("is a FIFO")),
     Case("models: GGUF file", scan_with(lambda d, e: (d / "wan.gguf").write_bytes(b"GGUF")), skipped("GGUF")),
     Case("models: Wan DiT names with tensors missing", scan_with(lambda d, e: write_header_only(d / "partial.safetensors", {"head.modulation": ("F32", (1, 2, 8))})), skipped("do not fit together")),
-    Case("models: I2V 14B DiT (36 input channels)", scan_with(dit_file("i2v.safetensors", dim=5120, ffn=13824, layers=40, in_ch=36, img_emb=True)), skipped("Wan DiT dim 5120, 40 layers, in_channels 36 — image-to-video, not supported yet")),
+    Case("models: I2V DiT of an unknown size (Fun 1.3B InP)", scan_with(dit_file("fun_inp.safetensors", dim=1536, ffn=8960, layers=30, in_ch=36, img_emb=True)), skipped("Wan DiT dim 1536, 30 layers, in_channels 36 — an image-to-video model")),
     Case("models: DiT of a shape no model has", scan_with(dit_file("odd.safetensors", dim=2048, ffn=8192, layers=24, in_ch=16)), skipped("not supported yet")),
     Case("models: FIFO tokenizer.json", scan_with(tokenizer_fifo), skipped("tokenizer folder")),
     Case("models: unlistable subfolder", scan_with(unlistable_folder), skipped("cannot be listed")),
