@@ -128,9 +128,10 @@ def test_unipc_runs_at_its_limit_and_fails_one_step_above_it(shift):
         run_solver("unipc", top + 1, shift)
 
 
-@pytest.mark.parametrize("solver", ["dpm++", "euler"])
+@pytest.mark.parametrize("solver", [s for s in catalog.SOLVERS if s != "unipc"])
 @pytest.mark.parametrize("shift", [1.0, 12.0, 100.0])
 def test_the_other_solvers_run_all_1000_steps(solver, shift):
+    """Every other solver steps by a counter, not by looking its timestep up: 1000 steps at any shift."""
     from wan_app.request import max_steps
     assert max_steps(solver, shift) == 1000
     run_solver(solver, 1000, shift)
