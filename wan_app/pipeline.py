@@ -30,7 +30,7 @@ from .journal import SUFFIX, Journal, journal_path, load_overlap, lock_job, over
 from .longvideo import (LongRequest, join_window, new_frames, plan_windows, prompt_for, uses_image_conditioning,
                         window_seed)
 from .media import GrowingVideo, write_mp4
-from .request import Request
+from .request import Request, check_total_frames
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ def _floor_4n1(v: int) -> int:
 
 def clip_job(engine, req: Request, out_path: Path | None, overrides) -> Job:
     plan, req, spec, files, uses = engine._plan_clip(req, overrides)
-    path = Path(out_path) if out_path else outputs.new_output_path(
+    path = media.check_output_path(out_path) if out_path else outputs.new_output_path(
         outputs.ensure_writable(engine.outputs_dir), req.prompt, req.seed)
     outputs.ensure_writable(path.parent)
     windows = [Window(0, req.frames, req.frames, req.seed, req.prompt)]
@@ -159,6 +159,7 @@ def long_layout(engine, lreq: LongRequest, overrides, files_required: bool = Tru
     Not `runnable`: a model that cannot fit at all gives windows None (the 1-frame plan says why)."""
     if not isinstance(lreq.color_match, (int, float)) or not 0 <= lreq.color_match <= 1:
         raise UserError("color_match", f"{lreq.color_match} is out of range", "use 0 (off) to 1 (full)")
+    check_total_frames(lreq.total_frames)
     # A 1-frame plan resolves the request (seed, size, fps) and gives the plan's frame limit.
     probe, base, spec, _, _ = engine._plan_clip(replace(lreq.base, frames=1), overrides, runnable=runnable,
                                              files_required=files_required)
@@ -194,7 +195,7 @@ def long_job(engine, lreq: LongRequest, out_path: Path | None, overrides, locks=
     if out_path is None:
         out_path = outputs.new_output_path(outputs.ensure_writable(engine.outputs_dir),
                                            prompt_for(base.prompt, 0), base.seed)
-    path = Path(out_path)
+    path = media.check_output_path(out_path)
     outputs.ensure_writable(path.parent)
     if locks is not None:
         locks.enter_context(lock_job(path))
