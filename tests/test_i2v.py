@@ -297,6 +297,22 @@ def test_prepare_image_is_plain_bicubic_without_clamp_or_crop():
     assert i2v.image_tensor(img).min().item() >= -1.0
 
 
+def test_ti2v_prepare_scales_to_cover_then_crops_the_centre():
+    a = np.zeros((100, 300, 3), dtype=np.uint8)
+    a[:, 100:200] = 255                                # a white middle third
+    x = i2v.prepare_image_ti2v(a, 64, 64)              # 3:1 scaled to cover 64×64 (192×64), centre 64 kept
+    assert x.shape == (3, 64, 64) and x[:, 8:-8, 8:-8].min().item() > 0.9
+
+
+def test_the_float_vae_path_equals_the_codecs_uint8_path_on_unresized_frames(references):
+    from wan_app.vae_codec import VaeCodec
+    codec = VaeCodec(references[tiny.I2V].vae, "cpu")
+    frames = np.random.default_rng(3).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    video = torch.stack([i2v.image_tensor(f) for f in frames], dim=1)[None]
+    assert (i2v.encode_video(codec, video) - codec.encode(frames)).abs().max().item() < 1e-4
+    assert i2v.ti2v_condition(codec, video[0, :, 0]).shape == (1, 16, 1, 4, 4)
+
+
 def test_the_mask_marks_the_image_frames_as_the_official_code():
     m = i2v.mask(9, 6, 8)
     assert m.shape == (1, 4, 3, 6, 8)

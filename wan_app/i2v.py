@@ -7,6 +7,8 @@ For a request with an image the pipeline does, with `img = load_image(path, "ima
   y           = image_condition(codec, first, frames, last)        # mask (4) + VAE latents (16)
   clip        = image_clip(clip_model, [image_tensor(img), ...])   # Wan2.1 only: [n, 257, 1280]
   conditioning = sampler.ImageToVideo(y, clip)
+and for Wan2.2 TI2V 5B (spec.image_conditioning == "first_latents"): prepare_image_ti2v, then
+sampler.CleanFirstLatents(ti2v_condition(codec, frame)).
 
 Where diffusers' WanImageToVideoPipeline departs from this, this module follows the official code: its CLIP
 input goes through CLIPImageProcessor (shortest side to 224, then a centre crop) instead of a straight
@@ -97,6 +99,18 @@ def prepare_image(img, width: int, height: int) -> torch.Tensor:
     return F.interpolate(x[None].float().cpu(), size=(height, width), mode="bicubic")[0]
 
 
+def prepare_image_ti2v(img, width: int, height: int) -> torch.Tensor:
+    """Wan2.2 TI2V 5B's frame (wan/textimage2video.py i2v): scaled with PIL's Lanczos to cover the size,
+    then centre-cropped to it; [3, height, width] in [−1, 1]."""
+    from PIL import Image
+    im = img if isinstance(img, Image.Image) else Image.fromarray(_rgb_array(img))
+    im = im.convert("RGB")
+    scale = max(width / im.width, height / im.height)
+    im = im.resize((round(im.width * scale), round(im.height * scale)), Image.LANCZOS)
+    x1, y1 = (im.width - width) // 2, (im.height - height) // 2
+    return image_tensor(im.crop((x1, y1, x1 + width, y1 + height)))
+
+
 def conditioning_clip(first: torch.Tensor, frames: int, last: torch.Tensor | None = None) -> torch.Tensor:
     """The clip the VAE encodes: [1, 3, frames, H, W], frame 0 = the image, the others 0; FLF2V's last
     frame = the last image."""
@@ -139,6 +153,12 @@ def image_condition(codec, first: torch.Tensor, frames: int, last: torch.Tensor 
     """y for sampler.ImageToVideo: cat(mask, VAE latents of the conditioning clip) = [1, 20, lat_f, h, w]."""
     z = encode_video(codec, conditioning_clip(first, frames, last))
     return torch.cat([mask(frames, z.shape[3], z.shape[4], last is not None), z], dim=1)
+
+
+def ti2v_condition(codec, frame: torch.Tensor) -> torch.Tensor:
+    """TI2V 5B's image latents for sampler.CleanFirstLatents: the VAE latents of the one frame
+    [1, 48, 1, h/16, w/16] (the official code encodes the image alone, as its first latent frame)."""
+    return encode_video(codec, frame[None, :, None])
 
 
 # ---- CLIP -------------------------------------------------------------------------------------------
