@@ -200,7 +200,7 @@ def _inventory(dirs, sv: Survey, known: dict) -> "Inventory":
             files.append(f)
         elif e.kind == "diffusers":
             files.append(FoundFile(e.shown, "diffusers", "diffusers"))
-        elif e.kind == "tokenizer" and _clip_text_tokenizer(e.shown):
+        elif e.kind == "tokenizer" and not e.problem and _clip_text_tokenizer(e.shown):
             # the official I2V folders carry CLIP's text tokenizer (xlm-roberta-large/), which this app never uses
             files.append(FoundFile(e.shown, "clip_tokenizer", "official"))
         elif e.kind == "tokenizer":
@@ -272,8 +272,8 @@ def _clip_text_tokenizer(folder: Path) -> bool:
     if (folder / "sentencepiece.bpe.model").is_file() and not (folder / "spiece.model").is_file():
         return True
     try:
-        cfg = (folder / "tokenizer_config.json")
-        if cfg.stat().st_size < 1_000_000:
+        cfg = folder / "tokenizer_config.json"
+        if cfg.is_file() and cfg.stat().st_size < 1_000_000:     # a regular file: a FIFO would block the read
             import json
             return str(json.loads(cfg.read_text()).get("tokenizer_class", "")).startswith("XLMRoberta")
     except (OSError, ValueError, AttributeError):
