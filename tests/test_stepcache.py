@@ -76,6 +76,25 @@ def test_magcache_schedule_for_a14b_at_40_steps_uses_each_experts_curve_and_wind
     assert [round(x, 5) for x in cond[24:28]] == [0.99057, 0.99125, 0.65523, 0.98808]
 
 
+# Wan2.2 I2V A14B, 40 steps (shift 5, boundary 0.900: 15 high + 25 low), E 0.06, K 2, R 0.1, i2v
+# retention: cnt < int(30 + 50·0.1) = 35, so every high-noise forward, steps 15-16 and step 17's cond run.
+#   uncond: step 17 r 0.99088 → err 0.00912, 1 → skip; step 18 r 0.98855 → ratio 0.97953, err 0.02959,
+#   2 → skip; step 19: 3 > K → compute. cond starts a step later: step 18 r 0.98852 → err 0.01148 →
+#   skip; step 19 r 0.98895 → ratio 0.97760, err 0.03388 → skip; step 20 → compute. Pairs of skips
+#   follow; from step 27 the ratios fall faster and the error passes 0.06 after one skip.
+I2V_A14B_COND = [18, 19, 21, 22, 24, 25, 27, 29, 31, 33]
+I2V_A14B_UNCOND = [17, 18, 20, 21, 23, 24, 26, 27, 29, 31, 33]
+
+
+def test_magcache_schedule_for_i2v_a14b_keeps_the_whole_high_noise_expert():
+    sch = sampling.official_schedule("unipc", 40, 5.0)
+    experts = [sampling.expert_for(t, 0.9) for t in sch.timesteps]
+    assert experts.index("low") == 15 == stepcache.MAG_TABLES["wan2.2-i2v-a14b"].switch
+    cache = stepcache.make_cache("magcache", catalog.get("wan2.2-i2v-a14b"), 40, experts=experts)
+    assert cache.skipped_steps("cond") == I2V_A14B_COND
+    assert cache.skipped_steps("uncond") == I2V_A14B_UNCOND
+
+
 def test_a14b_at_other_step_counts_never_skips_at_the_switch_or_reuses_the_other_experts_residual():
     for steps in (8, 20, 30, 60):
         experts = a14b_experts(steps)
@@ -169,11 +188,22 @@ def test_an_unknown_cache_kind_lists_the_kinds():
     assert e.value.field == "cache" and "magcache" in e.value.fix and "teacache" in e.value.fix
 
 
-def test_every_catalog_model_has_a_magcache_table_and_every_wan21_a_teacache_one():
+MAG_MODELS = ["wan2.1-t2v-1.3b", "wan2.1-t2v-14b", "wan2.2-t2v-a14b", "wan2.2-ti2v-5b", "wan2.2-i2v-a14b",
+              "wan2.1-i2v-14b-480p", "wan2.1-i2v-14b-720p"]
+TEA_MODELS = ["wan2.1-t2v-1.3b", "wan2.1-t2v-14b", "wan2.1-i2v-14b-480p", "wan2.1-i2v-14b-720p"]
+
+
+def test_the_caches_with_published_tables_are_offered_and_the_others_refused():
     for spec in catalog.MODELS.values():
-        assert stepcache.check("magcache", spec) == "magcache"
-        if spec.id.startswith("wan2.1") or spec.id == T21:
-            assert stepcache.check("teacache", spec) == "teacache"
+        real = stepcache.STAND_INS.get(spec.id, spec.id)
+        for kind, have in (("magcache", MAG_MODELS), ("teacache", TEA_MODELS)):
+            if real in have:
+                assert stepcache.check(kind, spec) == kind
+            else:
+                with pytest.raises(UserError) as e:
+                    stepcache.check(kind, spec)
+                assert e.value.field == "cache", (kind, spec.id)
+    assert set(stepcache.STAND_INS) <= {s.id for s in catalog.MODELS.values() if s.tiny}
 
 
 # ---- the published numbers are the documented ones -------------------------------------------------
@@ -193,7 +223,7 @@ def test_docs_list_exactly_the_tables_and_coefficients_the_code_uses():
     # the published tables cover 50 steps (Wan2.1, TI2V) and 40 (A14B): 2·steps − 2 ratios
     assert {k: t.steps for k, t in stepcache.MAG_TABLES.items()} == {
         "wan2.1-t2v-1.3b": 50, "wan2.1-t2v-14b": 50, "wan2.2-t2v-a14b": 40, "wan2.2-ti2v-5b": 50,
-        "wan2.2-ti2v-5b/i2v": 50}
+        "wan2.2-ti2v-5b/i2v": 50, "wan2.1-i2v-14b-480p": 40, "wan2.1-i2v-14b-720p": 40, "wan2.2-i2v-a14b": 40}
 
 
 # ---- runs of tiny models through the real sampler ---------------------------------------------------

@@ -60,6 +60,7 @@ THRESHOLD_MAX = 1.0
 # Zehong-Ma/MagCache @ df81cb181776c2c61477c08e1d21f87fda1cd938: MagCache4Wan2.1/magcache_generate.py
 # (T2V 1.3B and 14B, `mag_ratios`) and MagCache4Wan2.2/magcache_generate.py (T2V A14B, TI2V 5B t2v / i2v).
 # Each list interleaves cond and uncond ratios from the second step on; the code pads it with [1.0]*2.
+# I2V: MagCache4Wan2.1 `mag_ratios` for '480P' / '720P' (Wan2.1 I2V 14B) and MagCache4Wan2.2's i2v-A14B.
 _MAG_T2V_1_3B = (
     1.0124, 1.02213, 1.00166, 1.0041, 0.99791, 1.00061, 0.99682, 0.99762, 0.99634, 0.99685, 0.99567,
     0.99586, 0.99416, 0.99422, 0.99578, 0.99575, 0.9957, 0.99563, 0.99511, 0.99506, 0.99535, 0.99531,
@@ -115,6 +116,35 @@ _MAG_TI2V_5B_I2V = (
 )
 
 
+_MAG_I2V_14B_480P = (
+    0.98783, 0.98993, 0.97559, 0.97593, 0.98311, 0.98319, 0.98202, 0.98225, 0.9888, 0.98878, 0.98762,
+    0.98759, 0.98957, 0.98971, 0.99052, 0.99043, 0.99383, 0.99384, 0.98857, 0.9886, 0.99065, 0.99068,
+    0.98845, 0.98847, 0.99057, 0.99057, 0.98957, 0.98961, 0.98601, 0.9861, 0.98823, 0.98823, 0.98756,
+    0.98759, 0.98808, 0.98814, 0.98721, 0.98724, 0.98571, 0.98572, 0.98543, 0.98544, 0.98157, 0.98165,
+    0.98411, 0.98413, 0.97952, 0.97953, 0.98149, 0.9815, 0.9774, 0.97742, 0.97825, 0.97826, 0.97355,
+    0.97361, 0.97085, 0.97087, 0.97056, 0.97055, 0.96588, 0.96587, 0.96113, 0.96124, 0.9567, 0.95681,
+    0.94961, 0.94969, 0.93973, 0.93988, 0.93217, 0.93224, 0.91878, 0.91896, 0.90955, 0.90954, 0.92617,
+    0.92616
+)
+_MAG_I2V_14B_720P = (
+    0.99428, 0.99498, 0.98588, 0.98621, 0.98273, 0.98281, 0.99018, 0.99023, 0.98911, 0.98917, 0.98646,
+    0.98652, 0.99454, 0.99456, 0.9891, 0.98909, 0.99124, 0.99127, 0.99102, 0.99103, 0.99215, 0.99212,
+    0.99515, 0.99515, 0.99576, 0.99572, 0.99068, 0.99072, 0.99097, 0.99097, 0.99166, 0.99169, 0.99041,
+    0.99042, 0.99201, 0.99198, 0.99101, 0.99101, 0.98599, 0.98603, 0.98845, 0.98844, 0.98848, 0.98851,
+    0.98862, 0.98857, 0.98718, 0.98719, 0.98497, 0.98497, 0.98264, 0.98263, 0.98389, 0.98393, 0.97938,
+    0.9794, 0.97535, 0.97536, 0.97498, 0.97499, 0.973, 0.97301, 0.96827, 0.96828, 0.96261, 0.96263, 0.95335,
+    0.9534, 0.94649, 0.94655, 0.93397, 0.93414, 0.91636, 0.9165, 0.89088, 0.89109, 0.8679, 0.86768
+)
+_MAG_I2V_A14B = (
+    0.99191, 0.99144, 0.99356, 0.99337, 0.99326, 0.99285, 0.99251, 0.99264, 0.99393, 0.99366, 0.9943,
+    0.9943, 0.99276, 0.99288, 0.99389, 0.99393, 0.99274, 0.99289, 0.99316, 0.9931, 0.99379, 0.99377,
+    0.99268, 0.99271, 0.99222, 0.99227, 0.99175, 0.9916, 0.91076, 0.91046, 0.98931, 0.98933, 0.99087,
+    0.99088, 0.98852, 0.98855, 0.98895, 0.98896, 0.98806, 0.98808, 0.9871, 0.98711, 0.98613, 0.98618,
+    0.98434, 0.98435, 0.983, 0.98307, 0.98185, 0.98187, 0.98131, 0.98131, 0.9783, 0.97835, 0.97619, 0.9762,
+    0.97264, 0.9727, 0.97088, 0.97098, 0.96568, 0.9658, 0.96045, 0.96055, 0.95322, 0.95335, 0.94579,
+    0.94594, 0.93297, 0.93311, 0.91699, 0.9172, 0.89174, 0.89202, 0.8541, 0.85446, 0.79823, 0.79902
+)
+
 MAGCACHE_SOURCE = "https://github.com/Zehong-Ma/MagCache (commit df81cb18, MagCache4Wan2.1/2.2 magcache_generate.py)"
 TEACACHE_SOURCE = "https://github.com/ali-vilab/TeaCache (commit 7c10efc4, TeaCache4Wan2.1/teacache_generate.py)"
 
@@ -127,6 +157,7 @@ class MagTable:
     max_skips: int               # K
     retention: float             # R
     switch: int | None = None    # A14B: first low-noise step of the calibration run
+    mode: str = "t2v"            # A14B retention rule of MagCache4Wan2.2: "t2v" or "i2v"
 
     @property
     def steps(self) -> int:
@@ -140,15 +171,20 @@ class MagTable:
 
 # Defaults: MagCache4Wan2.1/README.md commands (1.3B: --magcache_K 4 --retention_ratio 0.2
 # --magcache_thresh 0.12; 14B: K 6, R 0.2, E 0.24); MagCache4Wan2.2/README.md (T2V A14B: E 0.06, R 0.4,
-# K 2 by default; TI2V 5B: E 0.06, K 2, R 0.2). The A14B table dips to 0.655 at step 26 of 40: the
-# residual changes when the low-noise expert takes over, which is the switch of the official schedule
-# (docs/WAN_FACTS.md: 40 steps at shift 12 give 26 high + 14 low).
+# K 2 by default; TI2V 5B: E 0.06, K 2, R 0.2; I2V A14B: E 0.06, K 2, R 0.1); Wan2.1 I2V 14B 480P and
+# 720P: K 6, E 0.24, R 0.2 (MagCache4Wan2.1/README.md). The T2V A14B table dips to 0.655 at step 26 of
+# 40: the residual changes when the low-noise expert takes over, which is the switch of the official
+# schedule (docs/WAN_FACTS.md: 40 steps at shift 12 give 26 high + 14 low); the I2V A14B one dips to
+# 0.911 at step 15 (shift 5, boundary 0.900: 15 high + 25 low).
 MAG_TABLES: dict[str, MagTable] = {
     "wan2.1-t2v-1.3b": MagTable("wan2.1-t2v-1.3b", _MAG_T2V_1_3B, 0.12, 4, 0.2),
     "wan2.1-t2v-14b": MagTable("wan2.1-t2v-14b", _MAG_T2V_14B, 0.24, 6, 0.2),
     "wan2.2-t2v-a14b": MagTable("wan2.2-t2v-a14b", _MAG_T2V_A14B, 0.06, 2, 0.4, switch=26),
     "wan2.2-ti2v-5b": MagTable("wan2.2-ti2v-5b", _MAG_TI2V_5B_T2V, 0.06, 2, 0.2),
     "wan2.2-ti2v-5b/i2v": MagTable("wan2.2-ti2v-5b", _MAG_TI2V_5B_I2V, 0.06, 2, 0.2),
+    "wan2.1-i2v-14b-480p": MagTable("wan2.1-i2v-14b-480p", _MAG_I2V_14B_480P, 0.24, 6, 0.2),
+    "wan2.1-i2v-14b-720p": MagTable("wan2.1-i2v-14b-720p", _MAG_I2V_14B_720P, 0.24, 6, 0.2),
+    "wan2.2-i2v-a14b": MagTable("wan2.2-i2v-a14b", _MAG_I2V_A14B, 0.06, 2, 0.1, switch=15, mode="i2v"),
 }
 
 # ---- published TeaCache coefficients (TeaCache4Wan2.1/teacache_generate.py) ---------------------------
@@ -163,7 +199,8 @@ class TeaTable:
 
 
 # README: use_ret_steps gives "faster generation speed and better generation quality (except for
-# t2v-1.3B)", so 1.3B keeps the plain mode (e, thresholds 0.05 / 0.08) and 14B uses e0 (0.10 / 0.20).
+# t2v-1.3B)", so 1.3B keeps the plain mode (e, thresholds 0.05 / 0.08) and the 14B models use e0
+# (T2V 0.10 / 0.20; I2V 480P and 720P 0.20 / 0.30).
 TEA_TABLES: dict[str, TeaTable] = {
     "wan2.1-t2v-1.3b": TeaTable("wan2.1-t2v-1.3b",
                                 (2.39676752e+03, -1.31110545e+03, 2.01331979e+02, -8.29855975e+00, 1.37887774e-01),
@@ -171,12 +208,19 @@ TEA_TABLES: dict[str, TeaTable] = {
     "wan2.1-t2v-14b": TeaTable("wan2.1-t2v-14b",
                                (-3.03318725e+05, 4.90537029e+04, -2.65530556e+03, 5.87365115e+01, -3.15583525e-01),
                                "e0", 0.10, 5, 0),
+    "wan2.1-i2v-14b-480p": TeaTable("wan2.1-i2v-14b-480p",
+                                    (2.57151496e+05, -3.54229917e+04, 1.40286849e+03, -1.35890334e+01, 1.32517977e-01),
+                                    "e0", 0.20, 5, 0),
+    "wan2.1-i2v-14b-720p": TeaTable("wan2.1-i2v-14b-720p",
+                                    (8.10705460e+03, 2.13393892e+03, -3.72934672e+02, 1.66203073e+01, -4.17769401e-02),
+                                    "e0", 0.20, 5, 0),
 }
 
 # Tiny test models borrow the table of the model they imitate, so their runs take every code path; the
 # tiny weights have nothing to do with those ratios.
 STAND_INS = {"tiny-wan2.1-t2v": "wan2.1-t2v-1.3b", "tiny-wan2.2-t2v-a14b": "wan2.2-t2v-a14b",
-             "tiny-wan2.2-ti2v-5b": "wan2.2-ti2v-5b"}
+             "tiny-wan2.2-ti2v-5b": "wan2.2-ti2v-5b", "tiny-wan2.1-i2v": "wan2.1-i2v-14b-480p",
+             "tiny-wan2.2-i2v-a14b": "wan2.2-i2v-a14b"}
 
 
 def nearest_interp(src: np.ndarray, n: int) -> np.ndarray:
@@ -219,12 +263,15 @@ def check(kind: str | None, spec, threshold: float | None = None) -> str:
 
 
 # ---- the skip schedule of MagCache ------------------------------------------------------------------
-def _retained(c: int, n: int, split: int | None, r: float) -> bool:
+def _retained(c: int, n: int, split: int | None, r: float, mode: str = "t2v") -> bool:
     """Forward `c` (= 2·step + branch) of `n` = 2·steps is never skipped: the published retention rule.
-    Two experts (split = 2·first low step): the first R of each expert's forwards, written exactly as in
-    MagCache4Wan2.2 `magcache_forward` (t2v mode), whose low window ends with `<=`."""
+    Two experts (split = 2·first low step), as written in MagCache4Wan2.2 `magcache_forward`: t2v mode,
+    the first R of each expert's forwards (the low window ends with `<=`); i2v mode, every high-noise
+    forward and the first R of the low-noise ones."""
     if split is None:
         return c < int(n * r)
+    if mode == "i2v":
+        return c < int(split + (n - split) * r)
     return c < int(split * r) or (split <= c <= (n - split) * r + split)
 
 
@@ -260,7 +307,7 @@ def magcache_schedule(table: MagTable, experts: Sequence[str], passes: Sequence[
         want = {}
         for b in run:
             c = 2 * i + b
-            if _retained(c, n, split, retention):
+            if _retained(c, n, split, retention, table.mode):
                 want[b] = False
                 continue
             ratio[b] *= float(curves[b][i])
