@@ -2,10 +2,11 @@
 
 It writes real-size checkpoints in ComfyUI single-file layouts, with the real tensor names, shapes and
 dtypes (WAN_FACTS "What the real files contain") but no real weights: the safetensors header is written
-and the data is left as holes of a sparse file (zeros), so 60+ GB of models take a few MB of disk. All-zero
-weights give a grey video, which is fine for measuring memory. Only the tokenizer inside the umT5 file
-holds real bytes: a valid sentencepiece model, trained on generated text, padded to umT5's 256,000 pieces
-so the tokenizer costs what the real one costs.
+and the data is left as holes of a sparse file (zeros), so 60+ GB of models take under 2 GB of disk. All-zero
+DiT and umT5 weights make the DiT predict nothing, which is fine for measuring memory. Real bytes are
+written where the run needs them: random weights in the two VAEs (1.7 GB of disk; a VAE of zeros decodes
+a grey video, which the pipeline refuses), and the tokenizer inside the umT5 file: a valid sentencepiece
+model, trained on generated text, padded to umT5's 256,000 pieces so it costs what the real one costs.
 
 Then, one model at a time, it runs the whole CLI in a fresh process:
 
@@ -188,9 +189,30 @@ def spm_model(pieces: int = UMT5_SPM_PIECES, seed: int = 0) -> bytes:
 # ---------------------------------------------------------------------------------------------------
 # Sparse safetensors writer
 # ---------------------------------------------------------------------------------------------------
+def random_weights(name: str, dtype: str, shape: tuple, seed: int = 0) -> bytes | None:
+    """Plausible random weights for one tensor (fan-in scaled normal, norm scales 1 ± 0.1, biases left
+    zero), as F16 bytes. Used for the VAEs: with all-zero weights a VAE decodes every pixel to grey, which
+    the pipeline rightly refuses as a broken video."""
+    import torch
+    if dtype != "F16" or len(shape) == 0:
+        return None
+    g = torch.Generator().manual_seed(seed + sum(name.encode()))
+    if name.endswith("gamma") or "norm" in name:
+        t = 1.0 + 0.1 * torch.randn(shape, generator=g)
+    elif len(shape) >= 2:
+        fan_in = 1
+        for s in shape[1:]:
+            fan_in *= s
+        t = torch.randn(shape, generator=g) / fan_in ** 0.5
+    else:
+        return None
+    return t.to(torch.float16).numpy().tobytes()
+
+
 def write_sparse_safetensors(path: Path, tensors: dict[str, tuple[str, tuple]], data: dict[str, bytes] | None = None,
-                             metadata: dict[str, str] | None = None) -> int:
-    """Write a valid safetensors file whose tensor data are holes (zeros) except `data[name]`.
+                             metadata: dict[str, str] | None = None, fill=None) -> int:
+    """Write a valid safetensors file whose tensor data are holes (zeros) except `data[name]` and what
+    `fill(name, dtype, shape)` returns (bytes, or None for a hole).
 
     Layout as safetensors writes it: 8-byte header length, JSON header padded with spaces to 8 bytes,
     then the tensors back to back (sorted by alignment, then name, so each starts aligned). Written to a
@@ -216,6 +238,10 @@ def write_sparse_safetensors(path: Path, tensors: dict[str, tuple[str, tuple]], 
     with open(tmp, "wb") as f:
         f.write(struct.pack("<Q", len(raw)))
         f.write(raw)
+        for k in (order if fill else ()):
+            if k not in data and (blob := fill(k, *tensors[k])) is not None:
+                f.seek(start + spans[k][0])
+                f.write(blob)
         for k, blob in data.items():
             if len(blob) != spans[k][1]:
                 raise ValueError(f"{k}: {len(blob)} bytes given, the header says {spans[k][1]}")
@@ -229,7 +255,8 @@ def write_sparse_safetensors(path: Path, tensors: dict[str, tuple[str, tuple]], 
 # ---------------------------------------------------------------------------------------------------
 # The models folder
 # ---------------------------------------------------------------------------------------------------
-FILES = {   # file -> (sub-folder, tensors, data)
+RANDOM = {"wan_2.1_vae.safetensors", "wan2.2_vae.safetensors"}     # files written with random_weights
+FILES = {   # file -> (sub-folder, tensors); the umT5 file's tensors need the tokenizer's size
     "wan2.1_t2v_1.3B_fp16.safetensors": ("diffusion_models", lambda: dit_tensors(**DIT["1.3b"], layout="comfy-fp16-prefixed")),
     "wan2.2_ti2v_5B_fp16.safetensors": ("diffusion_models", lambda: dit_tensors(**DIT["5b"], layout="fp16")),
     "wan2.1_t2v_14B_fp8_scaled.safetensors": ("diffusion_models", lambda: dit_tensors(**DIT["14b"], layout="fp8-scaled")),
@@ -256,9 +283,10 @@ def write_models(folder: Path, log=print) -> dict[str, Path]:
         else:
             tensors = make()
         size = _expected_size(tensors)
-        if not (path.exists() and path.stat().st_size == size):
+        filled = name not in RANDOM or path.stat().st_blocks * 512 > size // 2 if path.exists() else False
+        if not (path.exists() and path.stat().st_size == size and filled):
             t = time.perf_counter()
-            write_sparse_safetensors(path, tensors, data)
+            write_sparse_safetensors(path, tensors, data, fill=random_weights if name in RANDOM else None)
             log(f"wrote {path} ({path.stat().st_size / GB:.2f} GB apparent, "
                 f"{path.stat().st_blocks * 512 / 1e6:.1f} MB on disk, {time.perf_counter() - t:.1f}s)")
         out[name] = path

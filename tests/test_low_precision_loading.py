@@ -65,7 +65,9 @@ def test_16_bit_file_under_an_fp8_plan_is_quantized_layer_by_layer_and_stays_clo
     assert ((out - ref).norm() / ref.norm()).item() < 0.05
 
 
-def test_fp8_text_encoder_keeps_wo_in_the_compute_dtype_and_matches_the_dequantized_one(tiny_root):
+def test_fp8_text_encoder_keeps_wo_in_16_bit_and_matches_the_dequantized_one(tiny_root):
+    """UMT5 casts its input to wo's dtype, so wo is not fp8: under fp32 compute (a CPU) it is bf16, the
+    16 bit the planner counts. The result equals the dequantized fp32 encoder whose wo is bf16."""
     te_file = files_of(tiny_root, "comfyui-fp8-scaled").text_encoder
     kept = build_text_encoder(te_file, torch.float32, fp8=True)
     full = build_text_encoder(te_file, torch.float32)
@@ -73,13 +75,24 @@ def test_fp8_text_encoder_keeps_wo_in_the_compute_dtype_and_matches_the_dequanti
     assert isinstance(block.layer[0].SelfAttention.q, ScaledFp8Linear)
     assert isinstance(block.layer[1].DenseReluDense.wi_0, ScaledFp8Linear)
     assert type(block.layer[1].DenseReluDense.wo) is nn.Linear
-    assert block.layer[1].DenseReluDense.wo.weight.dtype == torch.float32
+    assert block.layer[1].DenseReluDense.wo.weight.dtype == torch.bfloat16
+    assert block.layer[0].layer_norm.weight.dtype == torch.float32
+    for b in full.encoder.block:
+        b.layer[1].DenseReluDense.wo.to(torch.bfloat16)
     ids = torch.tensor([[5, 9, 13, 2, 0, 0]])
     mask = (ids > 0).long()
     with torch.no_grad():
         a = kept(ids, mask).last_hidden_state
         b = full(ids, mask).last_hidden_state
+    assert a.dtype == torch.float32
     assert torch.allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_fp8_text_encoder_wo_follows_the_compute_dtype_on_gpus(tiny_root):
+    te_file = files_of(tiny_root, "comfyui-fp8-scaled").text_encoder
+    wo = lambda te: te.encoder.block[0].layer[1].DenseReluDense.wo.weight.dtype  # noqa: E731
+    assert wo(build_text_encoder(te_file, torch.bfloat16, fp8=True)) == torch.bfloat16
+    assert wo(build_text_encoder(te_file, torch.float16, fp8=True)) == torch.float32     # fp16 overflows
 
 
 def test_engine_runs_an_fp8_plan_end_to_end(tiny_root, tmp_path):

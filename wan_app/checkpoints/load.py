@@ -246,23 +246,28 @@ def load_transformer(files, which: str = "only", dtype: torch.dtype = torch.floa
 
 # ---------------------------------------------------------------------------------------------- umT5
 # UMT5 casts its hidden states to `wo`'s dtype before `wo` (transformers keeps `wo` in fp32 for that
-# reason), so in fp8 storage `wo` is not fp8: it is dequantized into the compute dtype (fp32 when that is
-# fp16, see below).
+# reason), so in fp8 storage `wo` is not fp8: it is dequantized into 16 bit (see _te_dtypes).
 _TE_FP8_SKIP = ("wo",)
 _SIXTEEN_BIT = (torch.float16, torch.bfloat16)
 
 
 def _te_dtypes(sd: dict[str, torch.Tensor], dtype: torch.dtype, fp8: bool):
-    """Each umT5 tensor's dtype. `wo` is fp32 under fp16 compute: T5's feed-forward output overflows fp16,
-    so transformers keeps it there (UMT5PreTrainedModel._keep_in_fp32_modules), which assigning a state
-    dict would bypass. In fp8 storage the 256k×4096 embedding keeps the file's 16-bit dtype: it stays
-    memory-mapped (2.1 GB of clean file pages instead of 4.2 GB of fp32 copy on a CPU) and only the rows
-    a prompt looks up are cast (see _cast_embedding_output)."""
-    wo_fp32 = dtype == torch.float16
+    """Each umT5 tensor's dtype, for compute dtype `dtype`.
+
+    - `wo` is fp32 under fp16 compute: T5's feed-forward output overflows fp16, so transformers keeps it
+      there (UMT5PreTrainedModel._keep_in_fp32_modules), which assigning a state dict would bypass.
+    - In fp8 storage under fp32 compute (a CPU), `wo` is bf16, as the planner counts it (16 bit: 2.0 GB,
+      not 4.0 GB): only the wo matmul runs in bf16, as the official code runs all of umT5; the residual
+      stream stays fp32.
+    - In fp8 storage the 256k×4096 embedding keeps the file's 16-bit dtype: it stays memory-mapped
+      (2.1 GB of clean file pages instead of a 4.2 GB fp32 copy on a CPU) and only the rows a prompt
+      looks up are cast (see _cast_embedding_output).
+    """
+    wo = torch.float32 if dtype == torch.float16 else torch.bfloat16 if fp8 and dtype == torch.float32 else dtype
 
     def want(k: str) -> torch.dtype:
-        if wo_fp32 and k.endswith(".DenseReluDense.wo.weight"):
-            return torch.float32
+        if k.endswith(".DenseReluDense.wo.weight"):
+            return wo
         if fp8 and k == "shared.weight" and sd[k].dtype in _SIXTEEN_BIT:
             return sd[k].dtype
         return dtype
@@ -277,7 +282,7 @@ def _cast_embedding_output(model, dtype: torch.dtype) -> None:
 def build_text_encoder(found, dtype: torch.dtype = torch.float32, fp8: bool = False):
     """umT5 in `dtype` (its compute dtype). fp8=True: the encoder blocks' linears (all but `wo`) stay
     fp8 + scale and memory-mapped, the embedding stays in the file's 16-bit dtype, memory-mapped too;
-    `wo`, the norms and the position biases are in `dtype`."""
+    `wo` is 16 bit (bf16, or fp32 under fp16 compute: _te_dtypes), the norms and position biases `dtype`."""
     from transformers import UMT5Config, UMT5EncoderModel
     sd = open_tensors(found.paths)
     file_tensors = list(sd.values())
