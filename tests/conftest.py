@@ -10,4 +10,26 @@ import pytest  # noqa: E402
 def tiny_root(tmp_path_factory):
     """Every tiny layout written once: {layout name: LayoutInfo(model_id, path, dtype)}."""
     from wan_app import tiny
-    return tiny.build_all(tmp_path_factory.mktemp("tiny_models"))
+    return tiny.build_all(tmp_path_factory.mktemp("tiny_models"), i2v=True)
+
+
+@pytest.fixture(scope="session")
+def test_images(tmp_path_factory):
+    """A first and a last frame (64x64 PNG) for the image-to-video layouts."""
+    import numpy as np
+    from PIL import Image
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    out = {}
+    for name in ("first", "last"):
+        out[name] = root / f"{name}.png"
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(out[name])
+    return out
+
+
+def image_args(model_id: str, images) -> list[str]:
+    """The CLI flags a model needs for its images (none for text-to-video)."""
+    from wan_app import catalog
+    spec = catalog.get(model_id)
+    args = ["--image", str(images["first"])] if spec.image_required else []
+    return args + (["--last-image", str(images["last"])] if spec.image_input == "image+last" else [])

@@ -17,6 +17,7 @@ from wan_app.engine import Engine
 from wan_app.hardware import Hardware
 from wan_app.media import probe, read_metadata, read_video
 from wan_app.request import Request
+from tests.conftest import image_args
 from tests.support import clip, denoise, load
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +39,7 @@ def finished(evs):
 
 
 # ---- every layout through the real CLI ------------------------------------------------------
-def test_every_layout_generates_an_mp4_through_the_cli(tiny_root, tmp_path):
+def test_every_layout_generates_an_mp4_through_the_cli(tiny_root, tmp_path, test_images):
     """One subprocess per layout would cost ~10 s of imports each; the CLI's main() is the same
     code path as `python app.py generate`, so layouts run in-process and one real subprocess below
     checks the entry point itself."""
@@ -48,7 +49,7 @@ def test_every_layout_generates_an_mp4_through_the_cli(tiny_root, tmp_path):
         out = tmp_path / f"{name}.mp4"
         code = main(["generate", "--models-dir", str(info.path), "--model", info.model_id,
                      "--prompt", "a red ball rolls", "--frames", "9", "--size", "64x64", "--steps", "3",
-                     "--seed", "7", "--out", str(out), "--quiet"])
+                     "--seed", "7", "--out", str(out), "--quiet", *image_args(info.model_id, test_images)])
         assert code == 0, name
         vi = probe(out)
         assert (vi.frames, vi.width, vi.height) == (9, 64, 64), name

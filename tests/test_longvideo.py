@@ -184,8 +184,8 @@ def test_window_starts_with_the_overlap_it_continues(tiny_root, tmp_path, name):
 
 
 # ---- resume after a real kill -----------------------------------------------------------------
-def worker(tiny_root, out, *extra, env=None):
-    path, model = layout(tiny_root, T2V)
+def worker(tiny_root, out, *extra, env=None, name=T2V):
+    path, model = layout(tiny_root, name)
     cmd = [sys.executable, str(WORKER), "--models-dir", str(path), "--model", model, "--out", str(out), *extra]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **(env or {}),
@@ -228,6 +228,30 @@ def test_killed_job_resumes_to_the_same_frames_as_an_uninterrupted_run(tiny_root
     assert np.array_equal(a, b)
     assert a.std(axis=0).mean() > 1                     # a moving video, not a constant one
     assert not journal.exists() and list_resumable(out.parent) == []
+
+
+def test_extend_with_an_i2v_model_resumes_after_a_kill_to_the_same_frames(tiny_root, tmp_path):
+    """An I2V model continues a video through its image path (the window's first frame) plus overlap
+    re-injection; a SIGKILL mid-job and a resume give exactly the frames of an uninterrupted run."""
+    src = tmp_path / "in.mp4"
+    write_mp4(np.random.default_rng(1).integers(0, 256, (9, 64, 64, 3), dtype=np.uint8), src, 16)
+    args = ["--video", str(src), "--frames", "12", "--window", "9", "--steps", "2", "--seed", "5"]   # 3 windows
+    whole = worker(tiny_root, tmp_path / "whole" / "v.mp4", *args, name="diffusers-i2v")
+    out = tmp_path / "killed" / "v.mp4"
+    victim = worker(tiny_root, out, *args, "--step-sleep", "0.3", name="diffusers-i2v")
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and victim.poll() is None:
+        if journal_path(out).exists() and json.loads(journal_path(out).read_text())["windows_done"] >= 1:
+            break
+        time.sleep(0.02)
+    assert victim.poll() is None, victim.communicate()
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert 1 <= Journal.load(out).windows_done < 3
+    finish(worker(tiny_root, out, "--resume", name="diffusers-i2v"))
+    finish(whole)
+    a, b = read_video(out), read_video(tmp_path / "whole" / "v.mp4")
+    assert a.shape == b.shape == (21, 64, 64, 3) and np.array_equal(a, b)
 
 
 def test_a_second_resume_of_a_running_job_is_refused_while_the_first_runs(tiny_root, tmp_path):

@@ -13,6 +13,7 @@ from wan_app.engine import Engine
 from wan_app.hardware import Hardware
 from wan_app.media import read_metadata
 from wan_app.request import Request
+from tests.conftest import image_args
 from tests.support import clip, load
 
 CPU = Hardware.simulated(vram_gb=None, ram_gb=24.0)
@@ -70,10 +71,11 @@ def test_a14b_with_cfg_1_on_one_expert_only_skips_that_experts_uncond(tiny_root,
     assert done and seen["n"] == 7 * 1 + 3 * 2 == done[0].metadata["forwards"]
 
 
-def test_plan_json_equals_the_plan_in_the_videos_sidecar_for_every_tiny_layout(tiny_root, tmp_path, capsys):
+def test_plan_json_equals_the_plan_in_the_videos_sidecar_for_every_tiny_layout(tiny_root, tmp_path, capsys,
+                                                                              test_images):
     for name, info in tiny_root.items():
         common = ["--models-dir", str(info.path), "--model", info.model_id, "--frames", "9", "--size", "64x64",
-                  "--steps", "2"]
+                  "--steps", "2", *image_args(info.model_id, test_images)]
         assert main(["plan", *common, "--json"]) == 0, name
         planned = json.loads(capsys.readouterr().out)
         out = tmp_path / f"{name}.mp4"

@@ -70,6 +70,9 @@ def add_request_args(p: argparse.ArgumentParser, frames_help: str, required: boo
     p.add_argument("--lora", action="append", default=[], metavar="FILE[:S[:S_LOW]]",
                    help="apply a LoRA (a path, or a file name under a loras/ folder) at strength S (default 1; "
                         "-4..4); Wan2.2 A14B: S for the high-noise expert, S_LOW for the low-noise one; repeatable")
+    p.add_argument("--image", default=None, metavar="FILE",
+                   help="image to video: the first frame (I2V, FLF2V, TI2V 5B); the size follows its aspect ratio")
+    p.add_argument("--last-image", default=None, metavar="FILE", help="first + last frame (FLF2V): the last frame")
     p.add_argument("--preset", default=None, metavar="NAME",
                    help="a few-step distill: 'Lightning 4 steps' or 'LightX2V 4 steps' (sets steps, CFG, shift, "
                         "solver, the A14B split and its LoRA; settings you give win)")
@@ -83,7 +86,8 @@ def request_from(args) -> Request:
     req = Request(model=args.model, prompt=args.prompt, negative_prompt=args.negative_prompt,
                   width=w, height=h, frames=args.frames, steps=args.steps, shift=args.shift,
                   guidance=args.guidance, guidance_2=args.guidance_2, boundary=args.boundary,
-                  solver=args.solver, seed=None if args.seed < 0 else args.seed, fps=args.fps, loras=loras)
+                  solver=args.solver, seed=None if args.seed < 0 else args.seed, fps=args.fps, loras=loras,
+                  image=getattr(args, "image", None), last_image=getattr(args, "last_image", None))
     if getattr(args, "preset", None):
         from .lora import presets
         req = presets.apply(presets.get(args.preset, args.model), req, [Path(d) for d in models_dirs(args)])
@@ -117,7 +121,7 @@ def cmd_models(args) -> int:
         print(f"[found  ] {f.path}: {f.problem or 'a Wan model this app does not run yet'}")
     for f in inv.files:
         if f.problem and not f.unsupported:
-            print(f"[skipped] " + (f.problem if f.problem.startswith(str(f.path)) else f"{f.path}: {f.problem}"))
+            print("[skipped] " + (f.problem if f.problem.startswith(str(f.path)) else f"{f.path}: {f.problem}"))
     from .lora import find_loras, group_items
     loras = find_loras([Path(d) for d in models_dirs(args)])
     for item in group_items([f for f in loras if f.problem is None]):

@@ -73,10 +73,10 @@ class Engine:
         return self._plan_clip(job, overrides, runnable=False, files_required=files_required)[0]
 
     def _plan_clip(self, req: Request, overrides: Overrides | None, runnable: bool = True,
-                   files_required: bool = True):
+                   files_required: bool = True, image_from_video: bool = False):
         """(plan, resolved request, spec, files, LoRA uses) for one clip; refuses a plan with a blocker
         when it is to run. LoRAs are found and checked against the model from their headers here."""
-        req, spec = resolve(req)
+        req, spec = resolve(req, image_from_video=image_from_video)
         try:
             files = self.inventory().resolve(spec.id)
         except UserError:

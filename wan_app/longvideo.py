@@ -129,12 +129,6 @@ def prompt_for(prompt: str, window: int) -> str:
 
 
 # ---- one window -------------------------------------------------------------------------------
-def uses_image_conditioning(spec) -> bool:
-    """Wan2.2 TI2V (the 48-channel Wan2.2 VAE models) was trained to take clean first-frame latents at
-    timestep 0 per token; the Wan2.1-VAE T2V models were not, so they get noised re-injection."""
-    return spec.vae == "wan2.2"
-
-
 def join_window(frames: np.ndarray, overlap: np.ndarray | None, color_match: float, keep: int) -> np.ndarray:
     """The frames a window adds to the video: colours matched to the overlap it continues (measured on
     the window's own copy of the overlap), the overlap dropped, cut to `keep` frames."""

@@ -23,12 +23,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import __version__, events, media, outputs, sampler
+from . import __version__, events, i2v, media, outputs, sampler
 from .colormatch import warm_up
 from .errors import Cancelled, UserError
 from .journal import SUFFIX, Journal, journal_path, load_overlap, lock_job, overlap_path, save_overlap, video_path
-from .longvideo import (LongRequest, join_window, new_frames, plan_windows, prompt_for, uses_image_conditioning,
-                        window_seed)
+from .longvideo import LongRequest, join_window, new_frames, plan_windows, prompt_for, window_seed
 from .media import GrowingVideo, write_mp4
 from .request import Request, check_total_frames
 
@@ -161,8 +160,9 @@ def long_layout(engine, lreq: LongRequest, overrides, files_required: bool = Tru
         raise UserError("color_match", f"{lreq.color_match} is out of range", "use 0 (off) to 1 (full)")
     check_total_frames(lreq.total_frames)
     # A 1-frame plan resolves the request (seed, size, fps) and gives the plan's frame limit.
+    from_video = lreq.input_video is not None
     probe, base, spec, _, _ = engine._plan_clip(replace(lreq.base, frames=1), overrides, runnable=runnable,
-                                             files_required=files_required)
+                                                files_required=files_required, image_from_video=from_video)
     if probe.blocker:
         return base, None, None, None
     cap = _floor_4n1(probe.max_frames)
@@ -189,7 +189,8 @@ def long_job(engine, lreq: LongRequest, out_path: Path | None, overrides, locks=
     first_overlap = None
     if from_video:
         first_overlap = _check_video(Path(lreq.input_video), base.width, base.height, base.fps, overlap)
-    plan, req, spec, files, uses = engine._plan_clip(replace(base, frames=max(frames)), overrides)
+    plan, req, spec, files, uses = engine._plan_clip(replace(base, frames=max(frames)), overrides,
+                                                     image_from_video=from_video)
     lreq = replace(lreq, base=replace(base, frames=None), window=window, overlap=overlap,
                    input_video=Path(lreq.input_video) if from_video else None)
     if out_path is None:
@@ -225,7 +226,8 @@ def resumed_job(engine, job_path: Path, locks=None) -> Job:
     journal = Journal.load(job_path)
     lreq = LongRequest.from_dict(journal.request)
     path = Path(journal.video)
-    plan, req, spec, files, uses = engine._plan_clip(replace(lreq.base, frames=max(journal.windows)), None)
+    plan, req, spec, files, uses = engine._plan_clip(replace(lreq.base, frames=max(journal.windows)), None,
+                                                     image_from_video=lreq.input_video is not None)
     if journal.segments == 0 and not media.parts_dir(path).joinpath(GrowingVideo.STATE).exists():
         video = GrowingVideo(path, lreq.base.fps)
     else:
@@ -276,6 +278,9 @@ def metadata(job: Job, sampled: sampler.Sampled | None, frames: int, forwards: i
         "forwards": forwards, "forwards_skipped": 0,
         "loras": [u.metadata() for u in job.loras],
     }
+    for name in ("image", "last_image"):
+        if getattr(req, name):
+            meta[name] = i2v.describe_image(getattr(req, name))
     if sampled is not None:
         meta["timesteps"] = [int(t) for t in sampled.schedule.timesteps]
     if placement is not None:
@@ -329,16 +334,7 @@ def run_window(engine, job: Job, w: Window, emit: Emit, cancel=None, eta=None):
         emit(events.Notice(f"The prompt is {cut} tokens longer than umT5's {job.spec.text_len}; "
                            f"the last {cut} tokens were left out."))
     latents = sampler.initial_noise(job.spec, req)
-    conditioning = None
-    if job.overlap is not None:
-        emit(events.Progress("encode", message="encoding the overlap with the VAE", **tag))
-        clean = host.codec.encode(job.overlap)
-        if uses_image_conditioning(job.spec):
-            conditioning = sampler.CleanFirstLatents(clean)
-        else:
-            # The overlap's noise is the slice of the window's own seeded noise that it replaces: fixed for
-            # the whole window, reproducible from the seed; at σ≈1 the injection changes little.
-            conditioning = sampler.OverlapReinjection(clean, latents[:, :, :clean.shape[2]].clone())
+    conditioning = _conditioning(engine, job, w, req, latents, emit, tag)
     sampled = sampler.sample(req, job.spec, job.plan, host.placement, latents, cond, uncond, emit,
                              conditioning, cancel, engine.step_hooks, eta,
                              window=tag.get("window"), windows=tag.get("windows"))
@@ -352,6 +348,56 @@ def run_window(engine, job: Job, w: Window, emit: Emit, cancel=None, eta=None):
         raise BrokenOutput(f"every decoded pixel has the value {int(frames.min())}: the VAE gave a blank video",
                            "the VAE file may be damaged or of another model; re-download it")
     return frames, sampled
+
+
+def _conditioning(engine, job: Job, w: Window, req: Request, latents, emit: Emit, tag: dict):
+    """How this window is conditioned: on the frames it continues (Extend), on the request's image
+    (I2V, FLF2V, TI2V with an image), both, or neither (plain text-to-video)."""
+    host, spec = engine.host, job.spec
+    continuing = job.overlap is not None
+    image = last = None
+    if continuing and spec.image_input != "none":
+        # An image model continues through its trained image path: the window's first frame (the first
+        # of the frames it continues) is its image; the other overlap frames are re-injected.
+        from PIL import Image
+        image = Image.fromarray(job.overlap[0])
+    elif not continuing and req.image is not None:
+        image = i2v.load_image(req.image, "image")
+    if req.last_image is not None and w.index == len(job.windows) - 1:
+        last = i2v.load_image(req.last_image, "last_image")
+    if not continuing and image is None:
+        return None
+    emit(events.Progress("encode", message="encoding the " + ("frames it continues" if continuing else "image")
+                         + " with the VAE", **tag))
+    clean = host.codec.encode(job.overlap) if continuing else None
+    if spec.image_conditioning == "first_latents" or (continuing and spec.image_input == "none"):
+        if spec.image_conditioning == "first_latents":      # TI2V 5B: clean first latents at timestep 0
+            if clean is None:
+                clean = i2v.ti2v_condition(host.codec, i2v.prepare_image_ti2v(image, req.width, req.height))
+            return sampler.CleanFirstLatents(clean)
+        # T2V continuation. The overlap's noise is the slice of the window's own seeded noise that it
+        # replaces: fixed for the whole window, reproducible from the seed; at σ≈1 it changes little.
+        return sampler.OverlapReinjection(clean, latents[:, :, :clean.shape[2]].clone())
+    first = i2v.prepare_image(image, req.width, req.height)
+    last_t = i2v.prepare_image(last, req.width, req.height) if last is not None else None
+    y = i2v.image_condition(host.codec, first, w.frames, last_t)
+    clip = None
+    if spec.clip:
+        emit(events.Progress("encode", message="encoding the image with CLIP", **tag))
+        clip = _clip_features(host, [i2v.image_tensor(image)] + ([i2v.image_tensor(last)] if last else []),
+                              job.plan.device)
+    inner = sampler.OverlapReinjection(clean, latents[:, :, :clean.shape[2]].clone()) if continuing else None
+    return sampler.ImageToVideo(y, clip, inner)
+
+
+def _clip_features(host, images, device):
+    """CLIP runs before sampling and leaves the device again (the planner counts it in the encode phase)."""
+    model = host.components.clip
+    model.to(device)
+    try:
+        return i2v.image_clip(model, images).cpu()
+    finally:
+        model.to("cpu")
 
 
 class BrokenOutput(Exception):

@@ -12,7 +12,7 @@ import struct
 from dataclasses import asdict, dataclass, field, fields, replace
 
 from . import catalog
-from .catalog import DEFAULT_NEGATIVE_PROMPT, SOLVERS, ModelSpec
+from .catalog import SOLVERS, ModelSpec
 from .errors import UserError
 from .sizes import MAX_FRAMES_CONSIDERED
 
@@ -59,6 +59,8 @@ class Request:
     fps: int | None = None
     # LoRAs: [{"file": path or name under a loras/ folder, "strength": s, "strength_low": s or None}]
     loras: list = field(default_factory=list)
+    image: str | None = None             # I2V / TI2V: the first frame (a path); FLF2V: and the last frame
+    last_image: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -78,8 +80,9 @@ def parse_size(text: str) -> tuple[int, int]:
         raise UserError("size", f"'{text}' is not WIDTHxHEIGHT", "write it like 832x480") from None
 
 
-def resolve(req: Request, max_frames: int | None = None) -> tuple[Request, ModelSpec]:
-    """Fill defaults from the model spec and check every field. Returns a complete request."""
+def resolve(req: Request, max_frames: int | None = None, image_from_video: bool = False) -> tuple[Request, ModelSpec]:
+    """Fill defaults from the model spec and check every field. Returns a complete request.
+    `image_from_video`: Extend gives an image model the frames it continues instead of an image."""
     if not isinstance(req.model, str):
         raise UserError("model", f"{_show(req.model)} is not a model id", "choose one of: " + ", ".join(catalog.MODELS))
     spec = catalog.get(req.model)
@@ -95,7 +98,8 @@ def resolve(req: Request, max_frames: int | None = None) -> tuple[Request, Model
     if not (r.prompt or "").strip():
         raise UserError("prompt", "is empty", "describe the video you want")
     if r.negative_prompt is None:
-        r.negative_prompt = DEFAULT_NEGATIVE_PROMPT
+        r.negative_prompt = spec.negative_prompt
+    _check_images(r, spec, image_from_video)
     if r.width is None or r.height is None:
         r.width, r.height = spec.default_size
     m = spec.size_multiple
@@ -161,6 +165,29 @@ def resolve(req: Request, max_frames: int | None = None) -> tuple[Request, Model
         raise UserError("fps", f"{r.fps} is out of range", "use 1 to 120")
     r.loras = _check_loras(r.loras)
     return r, spec
+
+
+def _check_images(r: Request, spec: ModelSpec, image_from_video: bool) -> None:
+    """Which images the model takes, each readable (named by its field); with an image and no size, the
+    official size rule: the model's default area at the image's aspect ratio."""
+    from . import i2v
+    for name in ("image", "last_image"):
+        v = getattr(r, name)
+        if v is not None and not isinstance(v, str):
+            raise UserError(name, f"{_show(v)} is not a path to an image", "give the image file's path")
+    if image_from_video and r.image is None:
+        if spec.image_input == "none" and r.last_image is None:
+            return
+        i2v.check_inputs(spec, "video", r.last_image)
+    else:
+        i2v.check_inputs(spec, r.image, r.last_image)
+    if r.image is None:
+        return
+    w, h = i2v.check_image(r.image, "image")
+    if r.last_image is not None:
+        i2v.check_last_image((w, h), i2v.check_image(r.last_image, "last_image"))
+    if r.width is None or r.height is None:
+        r.width, r.height = i2v.output_size(spec, w, h)
 
 
 def _check_loras(entries) -> list:

@@ -142,6 +142,8 @@ _REQUEST_CHECKS = {
     "solver": _choice(catalog.SOLVERS),
     "seed": _opt(_seed),
     "loras": _type(lambda v: isinstance(v, list) and all(isinstance(e, dict) for e in v), "a list of LoRAs"),
+    "image": _opt(_type(lambda v: isinstance(v, str), "a path")),
+    "last_image": _opt(_type(lambda v: isinstance(v, str), "a path")),
 }
 assert set(_REQUEST_CHECKS) == {f.name for f in fields(Request)}, "a new Request field needs a check"
 
