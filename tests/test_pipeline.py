@@ -142,3 +142,26 @@ def test_stop_pressed_during_the_decode_writes_nothing(tiny_root, tmp_path):
             cancel.set()
     assert isinstance(evs[-1], events.Cancelled)
     assert not list((tmp_path / "out").rglob("*.mp4"))
+
+
+def test_a_magcache_run_records_the_forwards_it_skipped_and_threshold_zero_changes_nothing(tiny_root, tmp_path):
+    from wan_app.media import read_video
+    engine = Engine([tiny_root["diffusers-t2v"].path], tmp_path, hardware=CPU)
+    seen = count_forwards(engine)
+    base = dict(model="tiny-wan2.1-t2v", prompt="a fox", frames=9, width=64, height=64, steps=20, seed=1)
+    runs = {}
+    for name, kw in (("off", {}), ("zero", dict(cache="magcache", cache_threshold=0.0)),
+                     ("mag", dict(cache="magcache"))):
+        seen["n"] = 0
+        evs = list(engine.run(Request(**base, **kw)))
+        done = evs[-1]
+        assert isinstance(done, events.Finished), done
+        runs[name] = (done, seen["n"])
+    off, zero, mag = (runs[k][0] for k in ("off", "zero", "mag"))
+    import numpy as np
+    assert np.array_equal(read_video(off.path), read_video(zero.path))
+    m = mag.metadata
+    assert m["cache"]["kind"] == "magcache" and m["forwards_skipped"] > 0
+    assert m["forwards"] + m["forwards_skipped"] == 40 == off.metadata["forwards"]
+    assert f"skips {m['forwards_skipped']} of 40" in m["plan"]["step_cache"]
+    assert zero.metadata["forwards_skipped"] == 0

@@ -73,6 +73,10 @@ def add_request_args(p: argparse.ArgumentParser, frames_help: str, required: boo
     p.add_argument("--image", default=None, metavar="FILE",
                    help="image to video: the first frame (I2V, FLF2V, TI2V 5B); the size follows its aspect ratio")
     p.add_argument("--last-image", default=None, metavar="FILE", help="first + last frame (FLF2V): the last frame")
+    p.add_argument("--cache", default="off", choices=("off", "magcache", "teacache"),
+                   help="step cache: skip transformer forwards whose output barely changes (default: off)")
+    p.add_argument("--cache-threshold", type=float, default=None, metavar="X",
+                   help="the cache's threshold, 0..1 (default: the published one for the model; 0 skips nothing)")
     p.add_argument("--preset", default=None, metavar="NAME",
                    help="a few-step distill: 'Lightning 4 steps' or 'LightX2V 4 steps' (sets steps, CFG, shift, "
                         "solver, the A14B split and its LoRA; settings you give win)")
@@ -87,7 +91,8 @@ def request_from(args) -> Request:
                   width=w, height=h, frames=args.frames, steps=args.steps, shift=args.shift,
                   guidance=args.guidance, guidance_2=args.guidance_2, boundary=args.boundary,
                   solver=args.solver, seed=None if args.seed < 0 else args.seed, fps=args.fps, loras=loras,
-                  image=getattr(args, "image", None), last_image=getattr(args, "last_image", None))
+                  image=getattr(args, "image", None), last_image=getattr(args, "last_image", None),
+                  cache=getattr(args, "cache", "off"), cache_threshold=getattr(args, "cache_threshold", None))
     if getattr(args, "preset", None):
         from .lora import presets
         req = presets.apply(presets.get(args.preset, args.model), req, [Path(d) for d in models_dirs(args)])

@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterator
 
-from . import events, planner, sampler
+from . import events, planner, sampler, stepcache
 from .checkpoints import InventoryCache
 from .hardware import Hardware, detect
 from .longvideo import LongRequest
@@ -84,9 +84,11 @@ class Engine:
                 raise
             files = None
         uses = self.loras_for(req, spec)
+        cache = stepcache.for_request(req, spec, req.cache, req.cache_threshold)
         p = planner.plan(self.hardware, spec, req.width, req.height, req.frames,
                          self.overrides if overrides is None else overrides,
-                         disk=DiskWeights.of(files, uses), cfg_passes=_cfg_passes(req))
+                         disk=DiskWeights.of(files, uses), cfg_passes=_cfg_passes(req),
+                         step_cache=cache.summary() if cache is not None else "off")
         if runnable:
             planner.require_runnable(p)     # a model or frame count that cannot fit is refused here
         return p, req, spec, files, uses

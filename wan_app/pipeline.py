@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import __version__, events, i2v, media, outputs, sampler
+from . import __version__, events, i2v, media, outputs, sampler, stepcache
 from .colormatch import warm_up
 from .errors import Cancelled, UserError
 from .journal import SUFFIX, Journal, journal_path, load_overlap, lock_job, overlap_path, save_overlap, video_path
@@ -62,6 +62,8 @@ class Job:
     overlap: np.ndarray | None = None     # uint8 frames the next window continues
     start: int = 0                        # first window to run (resume)
     forwards_before: int = 0              # transformer forwards of the windows a resumed job already has
+    skipped_before: int = 0
+    cache: dict | None = None             # the last window's step cache, described (sidecar JSON)
 
     @property
     def path(self) -> Path:
@@ -246,8 +248,10 @@ def resumed_job(engine, job_path: Path, locks=None) -> Job:
     needs_overlap = k < n and (k > 0 or lreq.input_video is not None)
     overlap = load_overlap(path, k) if needs_overlap else None
     before = int((video.metadata or {}).get("forwards", 0)) if k else 0
+    skipped_before = int((video.metadata or {}).get("forwards_skipped", 0)) if k else 0
     return Job(req, spec, files, plan, _windows_of(lreq, journal.windows), LongSink(journal, video),
-               loras=uses, long=lreq, overlap=overlap, start=k, forwards_before=before)
+               loras=uses, long=lreq, overlap=overlap, start=k, forwards_before=before,
+               skipped_before=skipped_before)
 
 
 def _check_video(path: Path, width: int, height: int, fps: int, overlap: int) -> np.ndarray:
@@ -264,7 +268,7 @@ def _check_video(path: Path, width: int, height: int, fps: int, overlap: int) ->
 
 # ---- metadata ----------------------------------------------------------------------------------------
 def metadata(job: Job, sampled: sampler.Sampled | None, frames: int, forwards: int = 0,
-             placement=None, complete: bool = False, seconds: float | None = None) -> dict:
+             placement=None, complete: bool = False, seconds: float | None = None, skipped: int = 0) -> dict:
     """What every video records: the request, the plan that ran and the transformer forwards it took."""
     req = job.request
     meta = {
@@ -275,7 +279,8 @@ def metadata(job: Job, sampled: sampler.Sampled | None, frames: int, forwards: i
         "frames": frames, "width": req.width, "height": req.height, "fps": req.fps,
         "files": job.files.describe(),
         "plan": job.plan.to_dict(),
-        "forwards": forwards, "forwards_skipped": 0,
+        "forwards": forwards, "forwards_skipped": skipped,
+        "cache": job.cache or {"kind": "off"},
         "loras": [u.metadata() for u in job.loras],
     }
     for name in ("image", "last_image"):
@@ -335,9 +340,12 @@ def run_window(engine, job: Job, w: Window, emit: Emit, cancel=None, eta=None):
                            f"the last {cut} tokens were left out."))
     latents = sampler.initial_noise(job.spec, req)
     conditioning = _conditioning(engine, job, w, req, latents, emit, tag)
+    cache = stepcache.for_request(req, job.spec, req.cache, req.cache_threshold, batched=job.plan.cfg_batched,
+                                  image=isinstance(conditioning, sampler.CleanFirstLatents))
     sampled = sampler.sample(req, job.spec, job.plan, host.placement, latents, cond, uncond, emit,
                              conditioning, cancel, engine.step_hooks, eta,
-                             window=tag.get("window"), windows=tag.get("windows"))
+                             window=tag.get("window"), windows=tag.get("windows"), cache=cache)
+    job.cache = cache.describe() if cache is not None else None
     if not torch.isfinite(sampled.latents).all():
         raise BrokenOutput("the model produced NaN or infinite values while sampling",
                            "the weights may be damaged (re-download them), or fp16 overflowed: try bf16 or fp8")
@@ -455,7 +463,7 @@ def _run_windows(engine, job: Job, emit: Emit, cancel, t_start: float) -> None:
     if job.long is not None and job.long.color_match > 0:
         warm_up()
     last_meta = job.sink.video.metadata if job.long is not None else None
-    forwards = job.forwards_before
+    forwards, skipped = job.forwards_before, job.skipped_before
     if job.start < n:
         engine.host.load(job.files, job.plan, emit, job.loras)
     eta = _Eta(job, engine.host.codec) if engine.host.codec else None
@@ -474,6 +482,7 @@ def _run_windows(engine, job: Job, emit: Emit, cancel, t_start: float) -> None:
                 retried = True
                 engine.host.load(job.files, job.plan, emit, job.loras)
         forwards += sampled.forwards
+        skipped += sampled.skipped
         frames = join_window(frames, job.overlap, job.long.color_match if job.long else 0.0, w.keep)
         last = w.index + 1 == n
         next_overlap = None
@@ -490,14 +499,14 @@ def _run_windows(engine, job: Job, emit: Emit, cancel, t_start: float) -> None:
             raise Cancelled()           # Stop pressed while decoding: nothing is written
         seconds = round(time.perf_counter() - t_start, 2) if last else None
         last_meta = metadata(job, sampled, job.sink.frames_written + len(frames), forwards,
-                             engine.host.placement, complete=last, seconds=seconds)
+                             engine.host.placement, complete=last, seconds=seconds, skipped=skipped)
         job.sink.append(w.index, frames, next_overlap, last_meta)
         job.overlap = next_overlap
         del frames
         if job.long is not None:
             emit(events.WindowDone(w.index, n, job.sink.journal.frames_done, job.path))
     if last_meta is None:      # a resumed job whose windows were all done already
-        last_meta = metadata(job, None, job.sink.frames_written, forwards, complete=True)
+        last_meta = metadata(job, None, job.sink.frames_written, forwards, complete=True, skipped=skipped)
     last_meta.setdefault("seconds", round(time.perf_counter() - t_start, 2))
     if job.long is not None:
         emit(events.Progress("write", message="finishing the video"))

@@ -445,7 +445,8 @@ def _unforce(ov: Overrides, name: str) -> Overrides:
 
 
 def plan(hw: Hardware, spec: ModelSpec, width: int, height: int, frames: int,
-         overrides: Overrides | None = None, disk: DiskWeights | None = None, cfg_passes: int = 2) -> Plan:
+         overrides: Overrides | None = None, disk: DiskWeights | None = None, cfg_passes: int = 2,
+         step_cache: str = "off") -> Plan:
     """Decide how this run fits this machine. Pure: the same inputs always give the same Plan.
 
     `disk` describes the files that will load (None: unknown, as for a simulated machine); `cfg_passes`
@@ -480,7 +481,7 @@ def plan(hw: Hardware, spec: ModelSpec, width: int, height: int, frames: int,
         attention_backend=c.attention, vae_tiling=c.tiling, max_frames=max_frames,
         experts_resident=c.experts, cfg_batched=c.cfg_batched,
         est_vram_gb=_up(e.peak_dev) if m.kind != "cpu" else 0.0, est_ram_gb=_up(e.peak_host),
-        est_file_gb=_up(e.file), cfg_passes=cfg_passes,
+        est_file_gb=_up(e.file), cfg_passes=cfg_passes, step_cache=step_cache,
         vram_budget_gb=_round(m.vram_budget), ram_budget_gb=_round(m.ram_budget),
         forced=list(forced), text_encoder_kept=c.te_kept, blocker=blocker)
     p.reasons = _reasons(p, m, spec, width, height, frames, e, disk, sol.sequential_copies)
@@ -602,6 +603,8 @@ def _reasons(p: Plan, m: _Machine, spec, w, h, frames, e: _Est, disk: DiskWeight
         r.append(f"CFG passes one after another ({sequential_copies} block copies per step): batching them "
                  f"would not save copies here or would not fit")
 
+    if p.step_cache != "off":
+        r.append(p.step_cache)
     te_gb = text_encoder_gb(p.text_encoder_dtype, spec)
     if p.text_encoder_device != "cpu":
         r.append(f"umT5-xxl text encoder on {m.device} in {p.text_encoder_dtype} ({_gb(te_gb)}) to encode the "

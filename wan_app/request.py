@@ -61,6 +61,8 @@ class Request:
     loras: list = field(default_factory=list)
     image: str | None = None             # I2V / TI2V: the first frame (a path); FLF2V: and the last frame
     last_image: str | None = None
+    cache: str = "off"                   # step cache: off / magcache / teacache (wan_app.stepcache)
+    cache_threshold: float | None = None  # None: the published default for the model
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -164,6 +166,8 @@ def resolve(req: Request, max_frames: int | None = None, image_from_video: bool 
     if not 1 <= r.fps <= 120:
         raise UserError("fps", f"{r.fps} is out of range", "use 1 to 120")
     r.loras = _check_loras(r.loras)
+    from . import stepcache
+    r.cache = stepcache.check(r.cache, spec, r.cache_threshold)
     return r, spec
 
 

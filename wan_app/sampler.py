@@ -140,6 +140,7 @@ class Sampled:
     latents: torch.Tensor            # float32 on the CPU
     schedule: sampling.Schedule
     forwards: int                    # transformer forwards run (a batched CFG pair counts as two)
+    skipped: int = 0                 # forwards a step cache answered from its stored residual instead
 
 
 def cfg_passes(scale: float) -> int:
@@ -156,11 +157,23 @@ def needs_negative_prompt(req) -> bool:
 def sample(req, spec, plan, placement, latents: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor | None,
            emit: Emit, conditioning: Conditioning | None = None, cancel: threading.Event | None = None,
            step_hooks=(), eta: Callable[[int, int, float], float] | None = None,
-           window: int | None = None, windows: int | None = None) -> Sampled:
+           window: int | None = None, windows: int | None = None, cache=None) -> Sampled:
     """Denoise `latents` with the request's solver, steps, shift and CFG on the plan's device.
 
     `eta(step_done, steps, seconds_so_far)` gives the job's remaining seconds for each Progress event.
+    `cache` (wan_app.stepcache) may answer a forward from its stored residual; a skipped step still
+    yields its preview and progress.
     """
+    try:
+        return _sample(req, spec, plan, placement, latents, cond, uncond, emit, conditioning, cancel, step_hooks,
+                       eta, window, windows, cache)
+    finally:
+        if cache is not None:
+            cache.detach_all()
+
+
+def _sample(req, spec, plan, placement, latents, cond, uncond, emit, conditioning, cancel, step_hooks, eta,
+            window, windows, cache) -> Sampled:
     device = torch.device(plan.device)
     dtype = TORCH_DTYPES[plan.compute_dtype]
     conditioning = conditioning or Conditioning()
@@ -189,6 +202,9 @@ def sample(req, spec, plan, placement, latents: torch.Tensor, cond: torch.Tensor
         sigma = float(schedule.sigmas[i])
         x = conditioning.before_step(i, sigma, x)
         model = placement.transformer(want)
+        if cache is not None:
+            cache.begin_step(i, want)
+            cache.attach(model)
         scale = req.guidance_2 if want == "low" else req.guidance
         x_model, t_model = conditioning.model_input(x, t.to(device))
         if cfg_passes(scale) == 1:
@@ -209,7 +225,8 @@ def sample(req, spec, plan, placement, latents: torch.Tensor, cond: torch.Tensor
         emit(events.Progress("sample", i + 1, n, eta_s=eta(i + 1, n, elapsed) if eta else None,
                              message=f"step {i + 1}/{n}", window=window, windows=windows))
     x = conditioning.finish(x)
-    return Sampled(x.float().cpu(), schedule, forwards)
+    skipped = cache.forwards_skipped if cache is not None else 0
+    return Sampled(x.float().cpu(), schedule, forwards - skipped, skipped)
 
 
 def _forward(model, x, t, context, extra=None):

@@ -144,6 +144,8 @@ _REQUEST_CHECKS = {
     "loras": _type(lambda v: isinstance(v, list) and all(isinstance(e, dict) for e in v), "a list of LoRAs"),
     "image": _opt(_type(lambda v: isinstance(v, str), "a path")),
     "last_image": _opt(_type(lambda v: isinstance(v, str), "a path")),
+    "cache": _choice(("off", "magcache", "teacache")),
+    "cache_threshold": _opt(_type(_is_number, "a number")),
 }
 assert set(_REQUEST_CHECKS) == {f.name for f in fields(Request)}, "a new Request field needs a check"
 
