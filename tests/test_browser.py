@@ -1,17 +1,20 @@
-"""The real page in headless Chromium (Debian's `chromium` package, driven by Playwright): type a prompt,
-press Generate, watch the live preview change, get the video; a screenshot of every tab is kept in
-tests/artifacts/ (and the README's in docs/screenshots/ with UPDATE_SCREENSHOTS=1)."""
+"""The real page in headless Chromium (Debian's `chromium` package, driven by Playwright): a prompt becomes a
+video with a live preview; Stop stops the job whatever was clicked since; loaded settings stay loaded;
+a reload shows the app as it is now; Settings refuses overrides that cannot work; a restart keeps its port.
+Screenshots of every tab at 1280x720 and 1920x1080, mid-run and done, go to tests/artifacts/ (and to
+docs/screenshots/ for the README with UPDATE_SCREENSHOTS=1)."""
 from __future__ import annotations
 
 import os
 import shutil
+import socket
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.ui_app_runner import start_app
+from tests.ui_app_runner import free_port, start_app
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -21,7 +24,10 @@ SCREENSHOTS = ROOT / "docs" / "screenshots" if os.environ.get("UPDATE_SCREENSHOT
 CHROMIUM = os.environ.get("WAN_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
-A14 = "tiny-wan2.2-t2v-a14b"
+T21, A14 = "tiny-wan2.1-t2v", "tiny-wan2.2-t2v-a14b"
+T21_NAME, A14_NAME = "Tiny Wan2.1 T2V (random test weights)", "Tiny Wan2.2 T2V A14B (random test weights)"
+SIZES = ((1280, 720), (1920, 1080))
+STEP_DELAY = 0.4
 
 
 def chromium_path() -> str:
@@ -48,16 +54,58 @@ def browser():
 def app(tiny_root, tmp_path_factory):
     work = tmp_path_factory.mktemp("ui_browser")
     dirs = [tiny_root["diffusers-t2v"].path, tiny_root["diffusers-a14b"].path]
-    running = start_app(dirs, work / "outputs", work, step_delay=0.6)
+    running = start_app(dirs, work / "outputs", work, step_delay=STEP_DELAY)
+    running.work = work
     yield running
     running.stop()
 
 
-def choose(page, elem_label: str, value: str) -> None:
-    """Pick a value in a Gradio dropdown: open it by its label, click the option."""
-    box = page.get_by_label(elem_label, exact=True)
-    box.click()
-    page.get_by_role("option", name=value).first.click()
+# ---------------------------------------------------------------------------------------------- helpers
+def open_page(browser, app, size=(1280, 720)):
+    page = browser.new_page(viewport={"width": size[0], "height": size[1]})
+    page.goto(app.url)
+    page.wait_for_selector("#wan-prompt textarea", timeout=60_000)
+    page.wait_for_function("document.querySelector('#wan-model input')?.value", timeout=30_000)
+    return page
+
+
+def choose(page, elem_id: str, option: str) -> None:
+    """Pick a value in a Gradio dropdown as a user does: open it, click the option."""
+    page.locator(f"#{elem_id} input").click()
+    page.get_by_role("option", name=option, exact=True).first.click()
+    page.wait_for_timeout(400)
+
+
+def set_number(page, elem_id: str, value) -> None:
+    """Type into a Number, or into a Slider's number box, and leave the field."""
+    box = page.locator(f"#{elem_id} input[type=number]").first
+    box.fill(str(value))
+    box.press("Tab")
+    page.wait_for_timeout(150)
+
+
+def value(page, elem_id: str) -> str:
+    loc = page.locator(f"#{elem_id} textarea, #{elem_id} input[type=number], #{elem_id} input:not([type])")
+    return loc.first.input_value()
+
+
+def phase(page, prefix: str = "wan") -> str | None:
+    return page.evaluate(f"document.querySelector('#{prefix}-status .wan-progress')?.dataset.phase")
+
+
+def wait_phase(page, phases, prefix: str = "wan", timeout: float = 60.0) -> str:
+    phases = (phases,) if isinstance(phases, str) else tuple(phases)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        p = phase(page, prefix)
+        if p in phases:
+            return p
+        time.sleep(0.1)
+    raise AssertionError(f"{prefix} status never reached {phases}: {page.locator(f'#{prefix}-status').inner_text()}")
+
+
+def videos(app) -> set[Path]:
+    return {p for p in app.outputs_dir.glob("*/*.mp4")}
 
 
 def preview_src(page) -> str | None:
@@ -65,41 +113,295 @@ def preview_src(page) -> str | None:
     return img.first.get_attribute("src") if img.count() else None
 
 
+def shoot(page, name: str) -> None:
+    for folder in {ARTIFACTS, SCREENSHOTS}:
+        folder.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(folder / name), full_page=False)
+
+
+def make_video(app, **kw) -> Path:
+    """A video made through the API with the given settings; returns its path in the outputs folder."""
+    from gradio_client import Client
+    v = dict(model=T21, prompt="a fox", negative="", size="64x64", frames=9, steps=2, shift=5.0, cfg=5.0,
+             cfg2=3.0, boundary=0.875, solver="unipc", seed_mode="fixed", seed=1)
+    v.update(kw)
+    before = videos(app)
+    Client(app.url, verbose=False).predict(*v.values(), api_name="/generate")
+    (new,) = videos(app) - before
+    return new
+
+
+# ---------------------------------------------------------------------------------------------- tests
 def test_prompt_to_video_with_a_live_preview_in_a_real_browser(app, browser):
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page = browser.new_page(viewport={"width": 1400, "height": 1300})
-    page.goto(app.url)
-    page.wait_for_selector("#wan-prompt textarea", timeout=60_000)
-    choose(page, "Model", "Tiny Wan2.2 T2V A14B (random test weights)")
-    page.wait_for_function("document.querySelector('#wan-badge') !== null")
+    page = open_page(browser, app)
+    assert page.title() == "Wan Studio"
+    box = page.locator("#wan-generate").bounding_box()
+    assert box and box["y"] + box["height"] <= 720, f"Generate is below the fold at 1280x720: {box}"
+    footer = page.locator("footer").inner_text()
+    assert "Settings" not in footer, f"Gradio's own settings link competes with ours: {footer!r}"
+    choose(page, "wan-model", A14_NAME)
     page.locator("#wan-prompt textarea").fill("A red fox runs through fresh snow at dawn, cinematic")
     page.locator("#wan-generate").click()
-
     sources: list[str] = []
     deadline = time.time() + 90
     while time.time() < deadline and len(sources) < 3:
         src = preview_src(page)
         if src and (not sources or src != sources[-1]):
             sources.append(src)
-            if len(sources) == 2:
-                page.screenshot(path=str(SCREENSHOTS / "t2v_running.png"), full_page=True)
         time.sleep(0.1)
     assert len(sources) >= 2, f"the preview never changed during the run: {sources}"
-    badge = page.locator("#wan-badge .wan-expert")
-    assert badge.get_attribute("data-expert") in ("high", "low")
-
-    page.wait_for_selector("#wan-video video", timeout=90_000)
-    page.wait_for_selector("#wan-status [data-phase='done']", timeout=30_000)
+    assert page.locator("#wan-badge .wan-expert").get_attribute("data-expert") in ("high", "low")
+    assert page.locator("#wan-generate").inner_text().startswith("Running")
+    wait_phase(page, "done", timeout=90)
+    page.wait_for_selector("#wan-video video", timeout=30_000)
     assert page.locator("#wan-badge .wan-expert").get_attribute("data-expert") == "low"
-    assert page.locator("#wan-seed-used input, #wan-seed-used textarea").first.input_value().isdigit()
-    page.screenshot(path=str(ARTIFACTS / "tab_text_to_video.png"), full_page=True)
-
-    for tab, name in (("Extend", "tab_extend.png"), ("Settings", "tab_settings.png")):
-        page.get_by_role("tab", name=tab).click()
-        page.wait_for_timeout(800)
-        page.screenshot(path=str(ARTIFACTS / name), full_page=True)
-        if tab == "Settings":
-            assert "Blocks swapped" in page.locator("#wan-plan").inner_text()
-            page.screenshot(path=str(SCREENSHOTS / "settings.png"), full_page=True)
+    assert page.locator("#wan-seed-used textarea, #wan-seed-used input").first.input_value().isdigit()
+    page.get_by_text("Memory plan of this run").first.click()
+    assert "The plan this run uses" in page.locator("#wan-run-plan").inner_html(timeout=10_000)
+    page.wait_for_function("document.querySelector('#wan-generate').innerText === 'Generate'")
+    assert "Wan video studio" not in page.content()
     page.close()
+
+
+def test_double_generate_then_stop_stops_the_run_and_no_video_is_written(app, browser):
+    page = open_page(browser, app)
+    set_number(page, "wan-steps", 40)
+    page.locator("#wan-prompt textarea").fill("a heron takes off")
+    before = videos(app)
+    page.locator("#wan-generate").click()
+    page.locator("#wan-generate").click(force=True)        # a second click during the run
+    wait_phase(page, "sample")
+    page.locator("#wan-generate").click(force=True)
+    page.wait_for_timeout(500)
+    page.locator("#wan-stop").click()
+    t0 = time.time()
+    wait_phase(page, "stopped", timeout=10)
+    assert time.time() - t0 < 5, "Stop took more than a few steps"
+    time.sleep(40 * STEP_DELAY * 0.5)
+    assert videos(app) == before, "a stopped run (or a duplicate) wrote a video"
+    page.wait_for_function("!document.querySelector('#wan-generate').disabled")
+    page.close()
+
+
+def test_stop_on_extend_after_clicking_generate_on_text_to_video(app, browser):
+    page = open_page(browser, app)
+    page.get_by_role("tab", name="Extend").click()
+    page.locator("#wan-extend-prompt textarea").fill("a boat drifts\nthe boat reaches the shore")
+    set_number(page, "wan-extend-total", 41)
+    before = videos(app)
+    page.locator("#wan-extend-go").click()
+    wait_phase(page, "sample", prefix="wan-extend")
+    page.get_by_role("tab", name="Text to Video").click()
+    page.locator("#wan-prompt textarea").fill("another job")
+    page.locator("#wan-generate").click(force=True)        # disabled while Extend runs: ignored
+    page.wait_for_timeout(500)
+    page.locator("#wan-stop").click()                      # Stop on this tab stops the session's job
+    t0 = time.time()
+    page.get_by_role("tab", name="Extend").click()
+    wait_phase(page, "stopped", prefix="wan-extend", timeout=10)
+    assert time.time() - t0 < 4 * STEP_DELAY + 3, "Extend did not stop within a step or so"
+    time.sleep(3)
+    assert phase(page) != "done", "the Text to Video click started a job while Extend ran"
+    finished = [p for p in videos(app) - before if not p.with_suffix(".json").exists()
+                or '"complete": true' in p.with_suffix(".json").read_text()]
+    assert not finished, f"a stopped job finished a video: {finished}"
+    page.close()
+
+
+def test_load_settings_after_a_model_switch_restores_every_field(app, browser):
+    made = make_video(app, model=A14, prompt="a heron lands on a lake", negative="blurry, text",
+                      size="96x64", frames=5, steps=3, shift=7.5, cfg=2.5, cfg2=1.5, boundary=0.9,
+                      solver="euler", seed=4242)
+    page = open_page(browser, app)
+    choose(page, "wan-model", T21_NAME)                    # switch away, then load an A14B video
+    page.locator("#wan-gallery").get_by_role("button").first.wait_for()
+    page.locator("#wan-gallery .thumbnail-item").first.click()
+    page.wait_for_function("document.querySelector('#wan-picked video')?.src", timeout=15_000)  # it plays
+    assert Path(value(page, "wan-selected")).name == made.name
+    page.locator("#wan-load-settings").click()
+    page.wait_for_function("document.querySelector('#wan-load-msg').innerText.includes('Loaded')")
+    page.wait_for_timeout(1500)                            # time for any handler that would overwrite
+    page.get_by_text("Negative prompt (the official default is prefilled)").first.click()
+    got = {"model": page.locator("#wan-model input").input_value(), "prompt": value(page, "wan-prompt"),
+           "negative": page.locator("#wan-negative textarea").input_value(),
+           "size": page.locator("#wan-size input").input_value(), "frames": value(page, "wan-frames"),
+           "steps": value(page, "wan-steps"), "shift": value(page, "wan-shift"), "cfg": value(page, "wan-cfg"),
+           "cfg2": value(page, "wan-cfg2"), "boundary": value(page, "wan-boundary"),
+           "solver": page.locator("#wan-solver input").input_value(),
+           "seed_mode": page.locator("#wan-seed-mode input:checked").get_attribute("value"),
+           "seed": value(page, "wan-seed")}
+    want = {"model": A14_NAME, "prompt": "a heron lands on a lake", "negative": "blurry, text", "size": "96x64",
+            "frames": "5", "steps": "3", "shift": "7.5", "cfg": "2.5", "cfg2": "1.5", "boundary": "0.9",
+            "solver": "euler", "seed_mode": "fixed", "seed": "4242"}
+    assert got == want
+    page.close()
+
+
+def test_save_keeps_the_text_to_video_values(app, browser):
+    page = open_page(browser, app)
+    choose(page, "wan-model", A14_NAME)
+    choose(page, "wan-size", "96x64")
+    set_number(page, "wan-steps", 7)
+    set_number(page, "wan-shift", 3.3)
+    set_number(page, "wan-cfg", 2.0)
+    page.locator("#wan-prompt textarea").fill("kept across a save")
+    page.get_by_role("tab", name="Settings").click()
+    page.locator("#wan-save").click()
+    page.wait_for_function("document.querySelector('#wan-save-msg').innerText.includes('Saved')")
+    page.wait_for_timeout(1500)
+    page.get_by_role("tab", name="Text to Video").click()
+    assert page.locator("#wan-model input").input_value() == A14_NAME
+    assert page.locator("#wan-size input").input_value() == "96x64"
+    assert (value(page, "wan-steps"), value(page, "wan-shift"), value(page, "wan-cfg")) == ("7", "3.3", "2.0")
+    assert value(page, "wan-prompt") == "kept across a save"
+    page.close()
+
+
+def test_a_saved_invalid_override_is_impossible(app, browser):
+    """On this CPU machine no block can be swapped and umT5 cannot go to a GPU: the page offers neither,
+    and a Save that asks for them anyway (any API client can) is refused naming the field."""
+    from gradio_client import Client
+    page = open_page(browser, app)
+    page.get_by_role("tab", name="Settings").click()
+    assert page.locator("#wan-blocks input[type=range]").is_disabled()
+    assert "block swap needs an NVIDIA GPU" in page.locator("#wan-blocks").inner_text()
+    page.locator("#wan-text-encoder input").click()
+    offered = page.get_by_role("option").all_inner_texts()
+    assert "gpu" not in offered and "cpu" in offered
+    page.keyboard.press("Escape")
+    settings = next(app.work.glob("settings-*.json"), None)
+    before = settings.read_text() if settings else None
+    msg = Client(app.url, verbose=False).predict(5, "auto", "auto", "auto", "auto", "auto",
+                                                 page.locator("#wan-models-dirs textarea").input_value(),
+                                                 value(page, "wan-outputs-dir"), "", api_name="/save_settings")
+    msg = msg[0] if isinstance(msg, (list, tuple)) else msg
+    assert "Blocks swapped to CPU" in msg and "Saved" not in msg, msg
+    assert (settings.read_text() if settings else None) == before
+    page.reload()
+    page.wait_for_selector("#wan-prompt textarea", timeout=60_000)
+    page.get_by_role("tab", name="Settings").click()
+    assert value(page, "wan-blocks") == "-1"
+    page.close()
+
+
+def test_a_queued_job_says_how_many_are_ahead(app, browser):
+    first, second = open_page(browser, app), open_page(browser, app)    # two visitors
+    set_number(first, "wan-steps", 20)
+    first.locator("#wan-prompt textarea").fill("first in line")
+    first.locator("#wan-generate").click()
+    wait_phase(first, "sample")
+    second.locator("#wan-prompt textarea").fill("second in line")
+    second.locator("#wan-generate").click()
+    wait_phase(second, "queued")
+    second.wait_for_function("document.querySelector('#wan-status').innerText.includes('1 job ahead')")
+    assert second.locator("#wan-generate").inner_text().startswith("Queued (1 ahead)")
+    first.locator("#wan-stop").click()
+    wait_phase(second, ("sample", "done"), timeout=30)
+    second.locator("#wan-stop").click()
+    wait_phase(second, ("stopped", "done"), timeout=30)
+    first.close()
+    second.close()
+
+
+def test_every_tab_at_two_sizes_mid_run_and_done(app, browser):
+    for w, h in SIZES:
+        page = open_page(browser, app, (w, h))
+        choose(page, "wan-model", A14_NAME)
+        page.locator("#wan-prompt textarea").fill("A red fox runs through fresh snow at dawn, cinematic")
+        page.locator("#wan-generate").click()
+        wait_phase(page, "sample")
+        page.wait_for_function("document.querySelector('#wan-status .wan-progress').dataset.step >= 3")
+        shoot(page, f"t2v_running_{w}x{h}.png")
+        wait_phase(page, "done", timeout=90)
+        page.wait_for_selector("#wan-video video", timeout=30_000)
+        page.wait_for_timeout(800)
+        shoot(page, f"t2v_done_{w}x{h}.png")
+        page.get_by_role("tab", name="Extend").click()
+        page.locator("#wan-extend-prompt textarea").fill("a boat drifts\nthe boat reaches the shore")
+        set_number(page, "wan-extend-total", 17)
+        page.locator("#wan-extend-go").click()
+        page.wait_for_function("document.querySelector('#wan-extend-status .wan-progress').dataset.window >= 1",
+                               timeout=60_000)
+        shoot(page, f"extend_running_{w}x{h}.png")
+        wait_phase(page, "done", prefix="wan-extend", timeout=90)
+        page.wait_for_timeout(800)
+        shoot(page, f"extend_done_{w}x{h}.png")
+        page.get_by_role("tab", name="Settings").click()
+        page.wait_for_timeout(800)
+        assert "Blocks swapped" in page.locator("#wan-plan").inner_text()
+        shoot(page, f"settings_{w}x{h}.png")
+        page.close()
+
+
+def test_reload_after_installing_the_demo_models_shows_them_ready(browser, tmp_path):
+    models = tmp_path / "models"
+    models.mkdir()
+    fresh = start_app([models], tmp_path / "outputs", tmp_path)
+    try:
+        page = browser.new_page(viewport={"width": 1280, "height": 720})
+        page.goto(fresh.url)
+        page.wait_for_selector("#wan-install-tiny", timeout=60_000)
+        assert page.locator("#wan-generate").is_disabled()
+        shoot(page, "first_run_1280x720.png")
+        page.locator("#wan-install-tiny").click()
+        page.wait_for_function("document.body.innerText.includes('Tiny demo models written')", timeout=120_000)
+        page.reload()
+        page.wait_for_selector("#wan-prompt textarea", timeout=60_000)
+        page.wait_for_function("document.querySelector('#wan-model input')?.value", timeout=30_000)
+        assert not page.locator("#wan-generate").is_disabled()
+        assert not page.locator("#wan-install-tiny").is_visible()
+        assert "No model is ready yet" not in page.locator("body").inner_text()
+        page.close()
+    finally:
+        fresh.stop()
+
+
+def _leave_time_wait(port: int) -> None:
+    """Leave a connection of `port` in TIME_WAIT, as a server that just stopped does."""
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", port))
+    listener.listen()
+    client = socket.create_connection(("127.0.0.1", port))
+    conn, _ = listener.accept()
+    conn.close()                 # the server side closes first
+    time.sleep(0.1)
+    client.close()
+    listener.close()
+
+
+def test_restart_on_the_same_port(browser, tiny_root, tmp_path):
+    port = free_port()
+    dirs = [tiny_root["diffusers-t2v"].path]
+    first = start_app(dirs, tmp_path / "outputs", tmp_path, port=port)
+    page = browser.new_page()
+    page.goto(first.url)
+    page.wait_for_selector("#wan-prompt textarea", timeout=60_000)
+    first.stop()
+    _leave_time_wait(port)
+    second = start_app(dirs, tmp_path / "outputs", tmp_path, port=port)
+    try:
+        assert second.port == port, f"moved to {second.port}:\n{second.log()}"
+        assert "is taken" not in second.log()
+        page.reload()                                      # the open tab works again at the same address
+        page.wait_for_selector("#wan-prompt textarea", timeout=60_000)
+    finally:
+        page.close()
+        second.stop()
+
+
+def test_a_port_taken_by_another_program_is_named_with_the_port_used_instead(tiny_root, tmp_path):
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    try:
+        app = start_app([tiny_root["diffusers-t2v"].path], tmp_path / "outputs", tmp_path, port=port)
+        try:
+            assert app.port != port
+            assert f"Port {port} is taken: another program is already listening on it" in app.log()
+            assert f"Serving on port {app.port} instead" in app.log()
+        finally:
+            app.stop()
+    finally:
+        busy.close()

@@ -1,5 +1,5 @@
 """The web app driven through its API with gradio_client, against a real server subprocess running the tiny
-models on CPU: streaming previews, the A14B expert badge, Stop, the one-job-at-a-time queue."""
+models on CPU: streaming previews, the A14B expert badge, Stop, cancel, the one-job-at-a-time queue."""
 from __future__ import annotations
 
 import json
@@ -17,6 +17,8 @@ from gradio_client.utils import Status  # noqa: E402
 
 T21, A14 = "tiny-wan2.1-t2v", "tiny-wan2.2-t2v-a14b"
 STEP_DELAY = 0.15     # seconds per step, so a run lasts long enough to watch and stop
+# /generate's outputs, in order (ui.t2v_tab: the shared RunView, then the tab's own)
+STATUS, NOTICES, BADGE, PREVIEW, VIDEO, PLAN, ERROR, SEED_USED, INFO, GALLERY = range(10)
 
 
 @pytest.fixture(scope="module")
@@ -39,11 +41,13 @@ def is_update(v) -> bool:
 
 
 def states(outputs) -> list[tuple]:
-    """What the page shows after each streamed message: a skipped component keeps its last value, as in
-    the browser (the client hands each message over raw)."""
+    """What the page shows after each streamed message: a component a message leaves out keeps its last
+    value, as in the browser (the client hands each message over raw)."""
     out, cur = [], None
     for o in outputs:
-        cur = list(o) if cur is None else [c if is_update(v) else v for c, v in zip(cur, o)]
+        o = list(o)
+        cur = [None if is_update(v) else v for v in o] if cur is None else \
+            [c if is_update(v) else v for c, v in zip(cur, o)]
         out.append(tuple(cur))
     return out
 
@@ -53,27 +57,47 @@ def attr(html: str, name: str) -> str | None:
     return m.group(1) if m else None
 
 
+def phase(job_or_outputs) -> str | None:
+    outs = job_or_outputs.outputs() if hasattr(job_or_outputs, "outputs") else job_or_outputs
+    s = states(outs)
+    return attr(s[-1][STATUS], "phase") if s else None
+
+
 def previews(outputs) -> list[tuple[int, str, str]]:
     """(step, expert, preview file) for every streamed update that carried a new preview image."""
     seen, out = set(), []
-    for status, badge, preview, *_ in states(outputs):
-        if not preview or preview in seen:
+    last_step = 0
+    for s in states(outputs):
+        status, badge, preview = s[STATUS], s[BADGE], s[PREVIEW]
+        if attr(status, "phase") == "sample":
+            last_step = int(attr(status, "step"))
+        path = preview.get("path") if isinstance(preview, dict) else preview
+        if not path or path in seen:
             continue
-        seen.add(preview)
-        out.append((int(attr(status, "step")), attr(badge, "expert"), preview))
+        seen.add(path)
+        out.append((last_step + 1, attr(badge, "expert"), path))
     return out
 
 
 def wait_for_step(job, at_least: int = 1, timeout: float = 60.0) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        for status, *_ in states(job.outputs()):
-            if attr(status, "phase") == "sample" and int(attr(status, "step")) >= at_least:
+        for s in states(job.outputs()):
+            if attr(s[STATUS], "phase") == "sample" and int(attr(s[STATUS], "step")) >= at_least:
                 return
         if job.done():
             raise AssertionError(f"the run ended before step {at_least}: {job.outputs()[-1:]}")
         time.sleep(0.05)
     raise AssertionError(f"no step {at_least} within {timeout}s")
+
+
+def videos(app) -> set[Path]:
+    return set(app.outputs_dir.glob("*/*.mp4"))
+
+
+def video_path(v):
+    return v.get("video", v).get("path") if isinstance(v, dict) and isinstance(v.get("video", v), dict) \
+        else (v["video"] if isinstance(v, dict) else v)
 
 
 def test_generation_streams_a_preview_every_step_and_ends_with_a_playable_mp4(app):
@@ -82,18 +106,18 @@ def test_generation_streams_a_preview_every_step_and_ends_with_a_playable_mp4(ap
     job = c.submit(*args(steps=4, seed=1234), api_name="/generate")
     job.result(timeout=180)
     outs = job.outputs()
-    status, badge, preview, video, seed_used, info, gallery = states(outs)[-1]
-    assert attr(status, "phase") == "done", status
+    final = states(outs)[-1]
+    assert attr(final[STATUS], "phase") == "done", final[STATUS]
     got = previews(outs)
     assert [s for s, _, _ in got] == [1, 2, 3, 4], got
     assert all(Path(p).stat().st_size > 0 for _, _, p in got)
-    video_path = video["video"] if isinstance(video, dict) else video
-    info_ = probe(video_path)
+    info_ = probe(video_path(final[VIDEO]))
     assert (info_.frames, info_.width, info_.height) == (9, 64, 64)
-    assert seed_used == "1234"
-    assert json.loads(info)["request"]["prompt"] == "a red fox in the snow"
-    assert attr(badge, "expert") == ""      # one-expert models show no expert badge
-    assert len(gallery) >= 1                # the new video is in the gallery of past outputs
+    assert final[SEED_USED] == "1234"
+    assert json.loads(final[INFO])["request"]["prompt"] == "a red fox in the snow"
+    assert attr(final[BADGE], "expert") == ""      # one-expert models show no expert badge
+    assert len(final[GALLERY]) >= 1                # the new video is in the gallery of past outputs
+    assert "The plan this run uses" in final[PLAN] and "Blocks swapped" in final[PLAN]
 
 
 def test_a14b_badge_flips_to_the_low_noise_expert_at_the_official_step(app):
@@ -101,33 +125,76 @@ def test_a14b_badge_flips_to_the_low_noise_expert_at_the_official_step(app):
     c = Client(app.url, verbose=False)
     job = c.submit(*args(model=A14, steps=10, shift=12.0, seed=3), api_name="/generate")
     job.result(timeout=180)
-    final = states(job.outputs())[-1]
-    assert attr(final[0], "phase") == "done", final[0]
+    assert phase(job) == "done"
     got = previews(job.outputs())
     assert [s for s, _, _ in got] == list(range(1, 11))
     assert [e for _, e, _ in got] == ["high"] * 7 + ["low"] * 3
-    badges = [b for _, b, *_ in states(job.outputs()) if attr(b, "expert") == "low"]
+    badges = [s[BADGE] for s in states(job.outputs()) if attr(s[BADGE], "expert") == "low"]
     assert badges and attr(badges[0], "switch-step") == "7"
     assert "switched at step 8" in badges[-1]
 
 
 def test_stop_ends_a_run_between_steps_and_the_page_stays_usable(app):
     c = Client(app.url, verbose=False)
+    before = videos(app)
     job = c.submit(*args(steps=60, seed=5), api_name="/generate")
     wait_for_step(job, 2)
     c.predict(api_name="/stop")
     t0 = time.time()
     job.result(timeout=60)
-    final = states(job.outputs())[-1]
     assert time.time() - t0 < 10
-    assert attr(final[0], "phase") == "stopped", final[0]
-    steps = [int(attr(s, "step")) for s, *_ in job.outputs() if not is_update(s) and attr(s, "step")]
+    assert phase(job) == "stopped"
+    steps = [int(attr(s[STATUS], "step")) for s in states(job.outputs()) if attr(s[STATUS], "step")]
     assert max(steps) < 60
-    assert not final[3]                             # no video from a stopped run
-    # the app takes the next job at once
+    assert videos(app) == before                   # no video from a stopped run
     again = c.submit(*args(steps=2, seed=6), api_name="/generate")
     again.result(timeout=120)
-    assert attr(states(again.outputs())[-1][0], "phase") == "done"
+    assert phase(again) == "done"
+
+
+def test_a_cancelled_api_job_never_writes_a_video(app):
+    """gradio_client's Job.cancel() reaches the job: running, it stops at its next step; waiting in the
+    queue, it never starts."""
+    c_run, c_wait = Client(app.url, verbose=False), Client(app.url, verbose=False)
+    before = videos(app)
+    running = c_run.submit(*args(steps=40, seed=11), api_name="/generate")
+    wait_for_step(running, 1)
+    waiting = c_wait.submit(*args(steps=3, seed=12), api_name="/generate")
+    deadline = time.time() + 30
+    while waiting.status().code != Status.IN_QUEUE and time.time() < deadline:
+        time.sleep(0.05)
+    waiting.cancel()
+    running.cancel()
+    time.sleep(40 * STEP_DELAY + 3)                # longer than the whole run would have taken
+    assert videos(app) == before, "a cancelled job wrote a video"
+    # the GPU is free again at once
+    c = Client(app.url, verbose=False)
+    nxt = c.submit(*args(steps=2, seed=13), api_name="/generate")
+    nxt.result(timeout=60)
+    assert phase(nxt) == "done"
+
+
+def test_a_second_job_of_the_same_session_is_refused_and_names_the_running_one(app):
+    c = Client(app.url, verbose=False)
+    first = c.submit(*args(steps=30, seed=21), api_name="/generate")
+    wait_for_step(first, 1)
+    with pytest.raises(Exception) as e:
+        c.predict(*args(steps=2, seed=22), api_name="/generate")
+    assert "Text to Video job is still running" in str(e.value)
+    c.predict(api_name="/stop")
+    first.result(timeout=60)
+
+
+def test_a_bad_value_is_refused_naming_its_field_before_anything_is_queued(app):
+    c = Client(app.url, verbose=False)
+    before = videos(app)
+    with pytest.raises(Exception) as e:
+        c.predict(*args(shift=500.0), api_name="/generate")
+    assert "Shift: 500.0 is out of range" in str(e.value)
+    with pytest.raises(Exception) as e:
+        c.predict(*args(frames=7), api_name="/generate")
+    assert "Frames: 7 is not of the form 4n+1" in str(e.value)
+    assert videos(app) == before
 
 
 def test_a_second_request_waits_in_the_queue_while_one_runs(app):
@@ -142,21 +209,14 @@ def test_a_second_request_waits_in_the_queue_while_one_runs(app):
         if st.code == Status.IN_QUEUE:
             saw_queue = True
             assert st.rank is not None and st.rank >= 0
-        # the clients' views lag the server a little: judge only while the first is far from its end
-        first_now = states(first.outputs())[-1][0] if first.outputs() else ""
+        first_now = states(first.outputs())[-1][STATUS] if first.outputs() else ""
         if attr(first_now, "phase") == "sample" and int(attr(first_now, "step")) < 25:
-            assert attr_phase_of_last(second) is None, \
-                f"the second job started while the first was at {first_now}"
+            assert phase(second) in (None, "queued"), f"the second job started while the first was at {first_now}"
         time.sleep(0.05)
     assert saw_queue, "the second job never reported a queue position"
     for job in (first, second):
         job.result(timeout=60)
-        assert attr(states(job.outputs())[-1][0], "phase") == "done"
-
-
-def attr_phase_of_last(job):
-    outs = states(job.outputs())
-    return attr(outs[-1][0], "phase") if outs else None
+        assert phase(job) == "done"
 
 
 def test_load_settings_restores_every_control_from_a_video(app):
@@ -164,15 +224,13 @@ def test_load_settings_restores_every_control_from_a_video(app):
     job = c.submit(*args(model=A14, steps=3, shift=9.5, seed=4242, prompt="a heron lands"), api_name="/generate")
     job.result(timeout=120)
     final = states(job.outputs())[-1]
-    video = final[3]["video"] if isinstance(final[3], dict) else final[3]
-    # the client downloaded a copy; the original is the newest file in the server's outputs folder
     newest = max(app.outputs_dir.glob("*/*.mp4"), key=lambda p: p.stat().st_mtime)
-    assert Path(video).name == newest.name
+    assert Path(video_path(final[VIDEO])).name == newest.name
     restored = [v.get("value") if is_update(v) else v for v in c.predict(str(newest), api_name="/load_settings")]
-    model, prompt, negative, size, frames, steps, shift, cfg, cfg2, boundary, solver, seed_mode, seed, msg = restored
+    (model, prompt, negative, size, frames, _note, steps, shift, cfg, cfg2, boundary, _badge, solver,
+     seed_mode, seed, msg) = restored
     assert (model, prompt, size, frames, steps, shift) == (A14, "a heron lands", "64x64", 9, 3, 9.5)
     assert (cfg, cfg2, boundary, solver, seed_mode, seed) == (4.0, 3.0, 0.875, "unipc", "fixed", 4242)
-    # a path outside the outputs folder is refused
     refused = c.predict("/etc/passwd", api_name="/load_settings")
     assert "Choose one of your outputs" in refused[-1]
 
@@ -185,11 +243,11 @@ def test_extend_tab_makes_a_video_longer_than_one_window(app):
                    api_name="/extend")
     job.result(timeout=300)
     outs = states(job.outputs())
-    status, badge, preview, video = outs[-1]
-    assert attr(status, "phase") == "done", status
-    assert any("window 2/" in s for s, *_ in outs), "the progress never named the second window"
-    path = video["video"] if isinstance(video, dict) else video
-    assert probe(path).frames == 17
+    assert attr(outs[-1][STATUS], "phase") == "done", outs[-1][STATUS]
+    assert any(attr(s[STATUS], "window") == "1" and int(attr(s[STATUS], "windows") or 0) >= 2 for s in outs), \
+        "the progress never named the second window"
+    assert any("Window 2/" in (s[STATUS] or "") for s in outs)
+    assert probe(video_path(outs[-1][VIDEO])).frames == 17
 
 
 def test_first_run_without_weights_says_what_is_missing_and_installs_the_tiny_demo(tmp_path):
@@ -198,14 +256,14 @@ def test_first_run_without_weights_says_what_is_missing_and_installs_the_tiny_de
     fresh = start_app([empty], tmp_path / "outputs", tmp_path)
     try:
         c = Client(fresh.url, verbose=False)
-        model, missing, *_ = c.predict(api_name="/rescan")
+        model, *rest = c.predict(None, api_name="/rescan")
         assert model["choices"] == []
-        text = missing["value"] if is_update(missing) else missing
-        assert "Wan2.1 T2V 1.3B" in text and "diffusion_models" in text and "vae" in text
-        status, model, *_ = c.predict(api_name="/install_tiny")
+        text = next(v["value"] for v in rest if is_update(v) and "Wan2.1 T2V 1.3B" in str(v.get("value")))
+        assert "diffusion_models" in text and "vae" in text
+        status = c.predict(api_name="/install_tiny")
         assert "Tiny demo models written" in status
-        ids = {v for _, v in model["choices"]}
-        assert {T21, A14} <= ids
+        model, *_ = c.predict(None, api_name="/rescan")
+        assert {T21, A14} <= {v for _, v in model["choices"]}
         assert any(p.suffix == ".safetensors" for p in (empty / "tiny-demo").rglob("*"))
     finally:
         fresh.stop()

@@ -1,5 +1,5 @@
 """Start the web app for tests: `python tests/ui_app_runner.py --port N --models-dir D --outputs-dir O
-[--step-delay S] [--share] [--listen] [--auth U:P] [--settings F]`.
+[--step-delay S] [--share] [--listen] [--auth U:P] [--auth-file F] [--settings F]`.
 
 Tests launch it as a subprocess and wait for the port. `--step-delay` adds a sleep before every denoising
 step through the engine's public `step_hooks`, so a browser or client can watch previews change and press
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -30,6 +31,7 @@ def main(argv=None) -> int:
     p.add_argument("--share", action="store_true")
     p.add_argument("--listen", action="store_true")
     p.add_argument("--auth", default=None)
+    p.add_argument("--auth-file", default=None)
     args = p.parse_args(argv)
     args.no_browser = True
     if args.settings is None:
@@ -75,19 +77,21 @@ def free_port() -> int:
 
 
 def start_app(models_dirs, outputs_dir, workdir, *extra: str, step_delay: float = 0.0,
-              timeout: float = 120.0, settings: Path | None = None) -> RunningApp:
+              timeout: float = 120.0, settings: Path | None = None, port: int | None = None,
+              env: dict | None = None) -> RunningApp:
     """Launch the runner and wait until it answers HTTP (or fail with its console output)."""
     import subprocess
     import urllib.request
-    port = free_port()
+    port = port or free_port()
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    log_path = workdir / f"app-{port}.log"
+    log_path = workdir / f"app-{port}-{time.time_ns()}.log"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--port", str(port), "--outputs-dir", str(outputs_dir),
            "--settings", str(settings or workdir / f"settings-{port}.json"), "--step-delay", str(step_delay), *extra]
     for d in models_dirs:
         cmd += ["--models-dir", str(d)]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1",
+               **(env or {}))
     log_file = open(log_path, "w")
     proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env,
                             cwd=str(Path(__file__).resolve().parents[1]))
@@ -96,7 +100,9 @@ def start_app(models_dirs, outputs_dir, workdir, *extra: str, step_delay: float 
     while time.time() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"the app exited with {proc.returncode}:\n{app.log()}")
-        if "is running" in app.log():
+        m = re.search(r"is running: http://127\.0\.0\.1:(\d+)", app.log())
+        if m:
+            app.port, app.url = int(m.group(1)), f"http://127.0.0.1:{m.group(1)}/"
             try:
                 urllib.request.urlopen(app.url, timeout=2)
                 return app

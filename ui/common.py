@@ -1,47 +1,58 @@
-"""What every tab shares: the app context, running an engine stream off the request thread, Stop, and the
-small HTML pieces (progress bar, expert badge) that the tabs stream to the page.
-
-The UI only consumes the engine's public event stream (wan_app.events); nothing here reaches into the
-engine's loaded models.
-"""
+"""What every tab shares: the app context, the page-level state of a visit, the model list, folder and
+upload checks, and the CSS. Engine calls go through ui.engine_api; event rendering is ui.render."""
 from __future__ import annotations
 
 import html
+import json
 import logging
 import os
-import queue
 import socket
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
-import numpy as np
-
-from wan_app import catalog, events
+from wan_app import catalog
 from wan_app.catalog import ModelSpec
 from wan_app.errors import UserError
-from wan_app.settings import Settings
+from wan_app.plan_types import Overrides
+from wan_app.settings import Settings, validate as validate_settings
+
+from . import engine_api
+from .jobs import Jobs
+from .render import message_html, peak_text  # noqa: F401 - shared by the tabs
+from .serving import Policy
 
 log = logging.getLogger(__name__)
 
+PRODUCT = "Wan Studio"
+
 # The id shared by every event that runs the GPU: with concurrency_limit=1 on it, one job runs at a time
-# and the rest wait in Gradio's queue, which shows each browser its position.
+# and the rest wait in Gradio's queue. Downloads and demo-model writes have their own queue.
 GPU = "gpu"
+DOWNLOADS = "downloads"
+LIGHT = "light"
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v")
 MAX_UPLOAD_BYTES = 2 * 1024**3
 MAX_UPLOAD = "2gb"            # the same limit, for gr.Blocks.launch(max_file_size=...)
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 @dataclass
 class AppContext:
-    """What the tabs share. `settings_path` None means the settings are not persisted (tests)."""
+    """What the tabs share. `settings_path` None means the settings are not persisted (tests).
+    `share` / `listen`: how far the app is reachable, which decides who may change folders."""
     engine: object                       # wan_app.engine.Engine
     settings: Settings
     settings_path: Path | None = None
     settings_notice: str | None = None
-    stops: "Stops" = field(default_factory=lambda: Stops())
+    jobs: Jobs = field(default_factory=Jobs)
+    policy: Policy | None = None
+    listen: bool = False
+    share: bool = False
+
+    def __post_init__(self):
+        if self.policy is None:
+            self.policy = Policy(self.outputs_dir)
 
     @property
     def outputs_dir(self) -> Path:
@@ -52,104 +63,58 @@ class AppContext:
         """The folder new files (downloads, tiny demo models) are written to: the first models folder."""
         return Path(self.engine.models_dirs[0])
 
+    def saved_settings(self) -> Settings:
+        """The settings file as it is now (read on every visit, never rewritten by reading)."""
+        if self.settings_path is None or not self.settings_path.is_file():
+            return self.settings
+        try:
+            data = json.loads(self.settings_path.read_text(encoding="utf-8-sig"))
+        except (OSError, ValueError):
+            return self.settings
+        s, _ = validate_settings(data)
+        return s
 
-# ---------------------------------------------------------------------------------------------- Stop
-class Stops:
-    """One cancel event per browser session. Generate first *arms* a fresh event (instantly, outside the
-    GPU queue), so a Stop pressed while the job still waits in the queue is not lost: the job sees the
-    event set when its turn comes and ends without loading anything."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._armed: dict[str, threading.Event] = {}
-
-    def arm(self, session: str) -> threading.Event:
-        with self._lock:
-            ev = threading.Event()
-            self._armed[session] = ev
-            return ev
-
-    def take(self, session: str) -> threading.Event:
-        """The event for the run that starts now: the armed one, or a fresh one (API callers skip arm)."""
-        with self._lock:
-            ev = self._armed.get(session)
-            if ev is None or getattr(ev, "used", False):
-                ev = threading.Event()
-                self._armed[session] = ev
-            ev.used = True
-            return ev
-
-    def stop(self, session: str) -> bool:
-        with self._lock:
-            ev = self._armed.get(session)
-        if ev is None or getattr(ev, "finished", False):
+    def owner_at_machine(self, request) -> bool:
+        """Whether this browser is the app's owner at this computer: the app is not shared, and the
+        request comes from this computer. Through a share tunnel every request looks local, so a shared
+        app has no owner session at all; folders are then set with --models-dir / --outputs-dir."""
+        if self.share:
             return False
-        ev.set()
-        return True
-
-    @staticmethod
-    def finish(ev: threading.Event) -> None:
-        ev.finished = True
+        if not self.listen:
+            return True
+        client = getattr(getattr(request, "client", None), "host", None)
+        return client in LOOPBACK
 
 
 def session_of(request) -> str:
     return getattr(request, "session_hash", None) or "default"
 
 
-# ---------------------------------------------------------------------------------------------- streams
-_DONE = object()
-
-
-def stream_in_thread(make_stream: Callable[[], Iterator[events.Event]], cancel: threading.Event
-                     ) -> Iterator[events.Event]:
-    """Iterate an engine stream in its own thread and hand the events over a queue.
-
-    Why not iterate it directly in the Gradio handler: when a browser goes away Gradio stops pulling from
-    the handler, which would leave the engine generator suspended mid-step holding its lock. Here the
-    engine thread owns the stream; if the handler is abandoned, `finally` sets the cancel event and the
-    engine ends by itself at the next step boundary, releasing the GPU for the next job in the queue."""
-    q: queue.Queue = queue.Queue()
-
-    def work():
-        try:
-            for ev in make_stream():
-                q.put(ev)
-        except Exception as e:  # noqa: BLE001 - the page must get a message, not a dead spinner
-            log.exception("engine stream failed")
-            q.put(events.Failed(f"{type(e).__name__}: {e}", "see the console log for details"))
-        finally:
-            q.put(_DONE)
-
-    threading.Thread(target=work, name="engine-run", daemon=True).start()
-    try:
-        while True:
-            ev = q.get()
-            if ev is _DONE:
-                return
-            yield ev
-    finally:
-        cancel.set()
+def overrides_of(d: dict | None) -> Overrides:
+    fields = set(Overrides.__dataclass_fields__)
+    return Overrides(**{k: v for k, v in (d or {}).items() if k in fields})
 
 
 # ---------------------------------------------------------------------------------------------- models
 def model_status(engine, refresh: bool = False):
-    """Inventory status of every non-tiny model plus the tiny ones that are present."""
+    """(statuses of every text-to-video model: the non-tiny ones and the tiny ones present, a note about
+    skipped files or None). `refresh` reads every header again (the Rescan button); otherwise the folders
+    are as they are now, read again where they changed. Models that need an input image are left out:
+    these tabs make videos from text."""
     try:
-        statuses = engine.inventory(refresh=refresh).status()
+        inv = engine_api.inventory(engine, refresh=True) if refresh else engine_api.current_inventory(engine)
+        statuses = inv.status()
     except Exception as e:  # noqa: BLE001 - an unreadable folder must not take the page down
         log.exception("scanning the models folders failed")
         return [], f"Scanning the models folders failed: {e}"
-    return [s for s in statuses if s.runnable or not s.spec.tiny], None
+    problems = engine_api.inventory_problems(inv)
+    note = ("Skipped in the model folders:\n" + "\n".join(f"- {p}" for p in problems)) if problems else None
+    return [s for s in statuses if (s.runnable or not s.spec.tiny)
+            and not getattr(s.spec, "image_required", False)], note
 
 
 def runnable_choices(statuses) -> list[tuple[str, str]]:
     return [(s.spec.name, s.spec.id) for s in statuses if s.runnable]
-
-
-def peak_text(p) -> str:
-    """The plan's estimated peaks; a CPU plan has no GPU figure to give."""
-    ram = f"{p.est_ram_gb:.1f} GB RAM"
-    return ram if p.device == "cpu" else f"{p.est_vram_gb:.1f} GB GPU, {ram}"
 
 
 def missing_markdown(statuses, models_dirs) -> str:
@@ -177,38 +142,8 @@ def is_online(timeout: float = 1.5) -> bool:
         return False
 
 
-# ---------------------------------------------------------------------------------------------- plans
-def plan_for(engine, spec: ModelSpec, width: int, height: int, frames: int):
-    """(plan, None) or (None, why not). The planner is pure; this never loads anything."""
-    try:
-        from wan_app import planner
-    except ImportError as e:
-        return None, f"The memory planner is not available in this version ({e})."
-    try:
-        return planner.plan(engine.hardware, spec, width, height, frames, engine.overrides), None
-    except UserError as e:
-        return None, f"{e.field}: {e.problem}" + (f" — {e.fix}" if e.fix else "")
-    except Exception as e:  # noqa: BLE001
-        log.exception("planning failed")
-        return None, f"Planning failed: {type(e).__name__}: {e}"
-
-
-def frames_limit(engine, spec: ModelSpec, width: int, height: int) -> tuple[int, str]:
-    """The most frames one clip may have at this size, and a sentence saying why."""
-    p, err = plan_for(engine, spec, width, height, spec.frames)
-    trained = f"{spec.name} is trained on {spec.frames} frames; longer videos are made on the Extend tab."
-    if p is None:
-        return spec.frames, f"{trained} ({err})"
-    if p.max_frames >= spec.frames:
-        return spec.frames, f"{trained} This machine fits up to {p.max_frames} frames at {width}x{height}."
-    return max(1, p.max_frames), (f"At {width}x{height} this machine fits at most {p.max_frames} frames "
-                                  f"(memory plan: {peak_text(p)} "
-                                  f"estimated). Lower the size for more frames, or use Extend.")
-
-
-def snap_frames(frames: int, limit: int) -> int:
-    frames = max(1, min(int(frames), limit))
-    return (frames - 1) // 4 * 4 + 1
+def spec_or_none(model_id: str | None) -> ModelSpec | None:
+    return catalog.MODELS.get(model_id) if model_id else None
 
 
 def size_label(w: int, h: int) -> str:
@@ -219,8 +154,108 @@ def size_choices(spec: ModelSpec) -> list[str]:
     return [size_label(w, h) for w, h in spec.sizes]
 
 
-def spec_or_none(model_id: str | None) -> ModelSpec | None:
-    return catalog.MODELS.get(model_id) if model_id else None
+def snap_frames(frames: int, limit: int) -> int:
+    frames = max(1, min(int(frames), limit))
+    return (frames - 1) // 4 * 4 + 1
+
+
+def frames_limit(engine, spec: ModelSpec, width: int, height: int, overrides: Overrides | None = None
+                 ) -> tuple[int, str]:
+    """The most frames one clip may have at this size, and a sentence saying why."""
+    trained = (f"Clips of up to {spec.frames} frames, {spec.name}'s training length. "
+               "Longer videos: the Extend tab.")
+    try:
+        p = engine_api.plan_size(engine, spec, width, height, spec.frames, overrides)
+    except UserError as e:
+        return spec.frames, f"{trained} ({e.field}: {e.problem})"
+    except Exception as e:  # noqa: BLE001
+        log.exception("planning failed")
+        return spec.frames, f"{trained} (planning failed: {e})"
+    if p.max_frames >= spec.frames:
+        return spec.frames, trained
+    return max(1, p.max_frames), (f"At {width}x{height} this machine fits at most {p.max_frames} frames "
+                                  f"(memory plan: {peak_text(p)} estimated). Lower the size for more "
+                                  "frames, or use Extend.")
+
+
+def hardware_text(hw) -> str:
+    """The machine in plain lines. An attention kernel that did not run gets a short reason, not the
+    exception text of the probe."""
+    failures = dict(getattr(hw, "attention_failures", None) or {})
+    try:
+        from dataclasses import replace
+        lines = replace(hw, attention_failures={}).describe().splitlines()
+    except TypeError:                  # not a dataclass: keep its lines, minus the failure ones
+        lines = [ln for ln in hw.describe().splitlines() if not ln.startswith(("Attention kernel ", " "))]
+    for name, why in failures.items():
+        lines.append(f"Attention kernel {name}: not available ({_short_reason(why)})")
+    return "\n".join(lines)
+
+
+def _short_reason(why: str) -> str:
+    text = str(why or "").strip()
+    if "No module named" in text or "ModuleNotFoundError" in text:
+        return "not installed"
+    if "CUDA" in text and ("not available" in text or "no GPU" in text.lower()):
+        return "needs an NVIDIA GPU"
+    first = text.splitlines()[0] if text else "it did not run here"
+    first = first.split(": ", 1)[-1] if first.split(": ", 1)[0].endswith(("Error", "Exception")) else first
+    return first if len(first) <= 80 else first[:77] + "…"
+
+
+def user_error_text(e: UserError) -> str:
+    return f"{e.field}: {e.problem}" + (f" — {e.fix}" if e.fix else "")
+
+
+# ---------------------------------------------------------------------------------------------- folders
+_SYSTEM = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/proc", "/root", "/run", "/sbin",
+           "/sys", "/usr", "/var", "/System", "/Library", "/Applications", "C:\\Windows", "C:\\Program Files",
+           "C:\\Program Files (x86)", "C:\\ProgramData")
+
+
+def check_outputs_folder(text: str, models_dirs) -> Path:
+    """The outputs folder chosen in Settings, or UserError: a new folder, or one that holds nothing but
+    what this app writes. Never a filesystem root, a home folder (or one that holds it), a system folder,
+    or a models folder: whatever is in the outputs folder's day folders is served to the browser."""
+    try:
+        from wan_app.outputs import check_outputs_dir       # the engine's own rule, when it has one
+    except ImportError:
+        check_outputs_dir = None
+    field_ = "outputs_dir"
+    raw = (text or "").strip()
+    if not raw:
+        raise UserError(field_, "is empty", "give a folder for the videos, e.g. outputs")
+    if check_outputs_dir is not None:
+        return check_outputs_dir(raw, models_dirs=models_dirs)
+    p = Path(os.path.realpath(Path(raw).expanduser()))
+    home = Path(os.path.realpath(Path.home()))
+    if p == Path(p.anchor):
+        raise UserError(field_, f"{p} is the root of a drive", "choose a folder of its own, e.g. outputs")
+    if p == home or p in home.parents:
+        raise UserError(field_, f"{p} holds your home folder", "choose a folder of its own, e.g. ~/wan-outputs")
+    for s in _SYSTEM:
+        sp = Path(s)
+        if p == sp or sp in p.parents:
+            raise UserError(field_, f"{p} is a system folder", "choose a folder of its own, e.g. ~/wan-outputs")
+    for d in models_dirs:
+        m = Path(os.path.realpath(Path(d).expanduser()))
+        if p == m or m in p.parents or p in m.parents:
+            raise UserError(field_, f"{p} overlaps the models folder {m}", "keep videos and models apart")
+    if p.exists():
+        if not p.is_dir():
+            raise UserError(field_, f"{p} is a file", "choose a folder")
+        strangers = [c.name for c in p.iterdir()
+                     if not (c.name.startswith(".") or (c.is_dir() and not c.is_symlink()
+                                                        and _is_day(c.name)))]
+        if strangers:
+            raise UserError(field_, f"{p} already holds other files ({', '.join(sorted(strangers)[:3])})",
+                            "choose a new or empty folder, or one this app made")
+    return p
+
+
+def _is_day(name: str) -> bool:
+    from .serving import DAY_FOLDER
+    return bool(DAY_FOLDER.match(name))
 
 
 # ---------------------------------------------------------------------------------------------- uploads
@@ -253,71 +288,8 @@ def check_video_upload(path: str | os.PathLike | None) -> Path:
     return p
 
 
-# ---------------------------------------------------------------------------------------------- HTML
-def preview_image(frames: np.ndarray, height: int = 240, max_frames: int = 4) -> np.ndarray:
-    """A contact sheet of up to `max_frames` evenly spaced preview frames, enlarged to `height` px:
-    previews are at latent resolution (1/8 or 1/16 of the video), too small to see otherwise."""
-    f = np.asarray(frames)
-    if f.ndim == 3:
-        f = f[None]
-    idx = np.unique(np.linspace(0, len(f) - 1, min(max_frames, len(f))).round().astype(int))
-    sheet = np.concatenate(list(f[idx]), axis=1)
-    scale = max(1, round(height / sheet.shape[0]))
-    import cv2
-    return cv2.resize(sheet, (sheet.shape[1] * scale, sheet.shape[0] * scale),
-                      interpolation=cv2.INTER_NEAREST if scale >= 4 else cv2.INTER_LINEAR)
-
-
-def _fmt_eta(s: float | None) -> str:
-    if s is None:
-        return ""
-    s = int(round(s))
-    return f"{s // 60}:{s % 60:02d} left" if s >= 60 else f"{s}s left"
-
-
-PHASES = {"load": "Loading the model", "encode": "Encoding the prompt", "sample": "Denoising",
-          "decode": "Decoding the video", "write": "Writing the mp4", "queued": "Waiting",
-          "done": "Done", "stopped": "Stopped", "failed": "Failed", "idle": "Ready"}
-
-
-def progress_html(phase: str, step: int = 0, total: int = 0, eta_s: float | None = None, message: str = "",
-                  window: int | None = None, windows: int | None = None) -> str:
-    frac = step / total if total else (1.0 if phase == "done" else 0.0)
-    title = PHASES.get(phase, phase.capitalize())
-    parts = [title]
-    if window is not None and windows:
-        parts.append(f"window {window + 1}/{windows}")
-    if total:
-        parts.append(f"step {step}/{total}")
-    eta = _fmt_eta(eta_s) if phase == "sample" else ""
-    if eta:
-        parts.append(eta)
-    msg = html.escape(message) if message and phase != "sample" else ""
-    return (f'<div class="wan-progress" data-phase="{phase}" data-step="{step}" data-total="{total}">'
-            f'<div class="wan-progress-text">{html.escape(" · ".join(parts))}'
-            f'{" — " + msg if msg else ""}</div>'
-            f'<div class="wan-bar"><div class="wan-bar-fill wan-{phase}" style="width:{frac * 100:.1f}%">'
-            f'</div></div></div>')
-
-
-def expert_badge_html(expert: str | None, switched_at: int | None = None, seconds: float | None = None) -> str:
-    """A14B: which expert runs now. `switched_at` is the 0-based step the low-noise expert took over."""
-    if not expert:
-        return '<div class="wan-expert" data-expert=""></div>'
-    label = "High-noise expert (layout and motion)" if expert == "high" else "Low-noise expert (detail)"
-    note = ""
-    if switched_at is not None:
-        note = f" · switched at step {switched_at + 1}"
-        if seconds is not None:
-            note += f" ({seconds:.1f}s to swap weights)"
-    data_switch = "" if switched_at is None else str(switched_at)
-    return (f'<div class="wan-expert wan-expert-{expert}" data-expert="{expert}" data-switch-step="{data_switch}">'
-            f'<span class="wan-expert-dot"></span>{html.escape(label + note)}</div>')
-
-
-def message_html(kind: str, text: str, hint: str = "") -> str:
-    return (f'<div class="wan-msg wan-msg-{kind}">{html.escape(text)}'
-            + (f'<div class="wan-hint">{html.escape(hint)}</div>' if hint else "") + "</div>")
+def escape(text: str) -> str:
+    return html.escape(text)
 
 
 CSS = """
@@ -328,6 +300,7 @@ CSS = """
 .wan-bar-fill { height: 100%; background: var(--color-accent); transition: width 0.2s; }
 .wan-bar-fill.wan-done { background: #16a34a; }
 .wan-bar-fill.wan-stopped, .wan-bar-fill.wan-failed { background: #dc2626; }
+.wan-progress[data-phase='failed'] .wan-progress-text { color: #b91c1c; }
 .wan-expert { display: inline-flex; align-items: center; gap: 8px; padding: 4px 12px; border-radius: 999px;
               font-weight: 600; font-size: 0.9rem; }
 .wan-expert:empty { display: none; }
@@ -340,6 +313,9 @@ CSS = """
 .wan-msg-info { background: var(--neutral-100); }
 .dark .wan-msg-info { background: var(--neutral-800); }
 .wan-hint { font-weight: normal; margin-top: 4px; }
-.wan-notice { border-left: 4px solid #f59e0b; padding: 8px 12px; background: #fffbeb; color: #78350f; }
+.wan-notice { border-left: 4px solid #f59e0b; padding: 6px 12px; margin: 4px 0; background: #fffbeb;
+              color: #78350f; }
 .wan-reasons { font-size: 0.9rem; }
+.wan-plan th { text-align: left; padding-right: 16px; }
+#wan-header h2 { margin-bottom: 0; }
 """

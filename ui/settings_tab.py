@@ -1,22 +1,33 @@
-"""The Settings tab: the detected hardware, the memory plan for the current choices and why, the overrides,
-the folders and the defaults, saved to the settings file."""
+"""The Settings tab: the machine, the memory plan for the current choices and why, the overrides, the
+folders and the defaults, and the models.
+
+Overrides belong to this browser tab until Save: a change is checked at once against the chosen model and
+this machine (ranges follow both) and refused with a message naming the field when it cannot work, so an
+override that breaks every run can neither be used nor saved. Save writes the settings file, merged with
+what is on disk, and is what other visits start from. Folders can be changed only by the owner at this
+computer (see AppContext.owner_at_machine).
+"""
 from __future__ import annotations
 
-import html
 from pathlib import Path
 
 import gradio as gr
 
 from wan_app import catalog
 from wan_app.errors import UserError
-from wan_app.plan_types import ATTENTION_BACKENDS, DTYPES, TEXT_ENCODER_PLACES, Overrides
+from wan_app.plan_types import DTYPES, Overrides
 from wan_app.request import parse_size
 from wan_app.settings import EXPERTS_RESIDENT, save_settings
 
-from . import common
+from . import common, engine_api
 from .common import AppContext
+from .models_panel import ModelsPanel
+from .render import message_html, plan_html
+from .runs import Page
+from .t2v_tab import OVERRIDE_LABELS
 
 AUTO = "auto"
+NAMES = ("blocks_swapped", "weight_dtype", "attention", "vae_tiling", "text_encoder", "experts_resident")
 
 
 def _choice(value) -> str:
@@ -27,7 +38,7 @@ def _choice(value) -> str:
     return str(value)
 
 
-def _unchoice(value: str, kind=str):
+def _unchoice(value, kind=str):
     if value in (None, "", AUTO):
         return None
     if kind is bool:
@@ -35,99 +46,71 @@ def _unchoice(value: str, kind=str):
     return kind(value)
 
 
-def plan_html(engine, model_id, size, frames) -> str:
-    spec = common.spec_or_none(model_id)
-    if spec is None:
-        return common.message_html("info", "Choose a model on the Text to Video tab to see its memory plan.")
-    w, h = parse_size(size) if size else spec.default_size
-    frames = int(frames or spec.frames)
-    p, err = common.plan_for(engine, spec, w, h, frames)
-    if p is None:
-        return common.message_html("error", err)
-    rows = [("Model", spec.name), ("Video", f"{w}x{h}, {frames} frames"), ("Device", p.device),
-            ("Compute dtype", p.compute_dtype), ("Transformer weights", p.weight_dtype),
-            ("Blocks swapped to CPU", f"{p.blocks_swapped} of {p.blocks_total}"),
-            ("Text encoder", f"{p.text_encoder_device} ({p.text_encoder_dtype})"),
-            ("Attention", p.attention_backend), ("VAE tiling", "on" if p.vae_tiling else "off"),
-            ("Most frames at this size", str(p.max_frames)),
-            ("Estimated peak", common.peak_text(p))]
-    if spec.experts == 2:
-        rows.append(("A14B experts in RAM", p.experts_resident))
-    forced = set(p.forced or [])
-    table = "".join(f"<tr><th style='text-align:left;padding-right:16px'>{html.escape(k)}</th>"
-                    f"<td>{html.escape(v)}</td></tr>" for k, v in rows)
-    reasons = "".join(f"<li>{html.escape(r)}</li>" for r in p.reasons)
-    forced_note = (f"<p>Forced by your overrides: {html.escape(', '.join(sorted(forced)))}</p>" if forced else "")
-    return (f"<div class='wan-plan' data-max-frames='{p.max_frames}'><table>{table}</table>{forced_note}"
-            f"<p><b>Why</b></p><ul class='wan-reasons'>{reasons}</ul></div>")
+def attention_choices(hw) -> list[str]:
+    """auto, the optional kernels that imported *and* ran on this machine, and the two always there."""
+    ran = set(getattr(hw, "attention", []) or [])
+    return [AUTO, *[k for k in ("sage", "flash") if k in ran], "sdpa", "native"]
+
+
+def has_gpu(hw) -> bool:
+    return bool(getattr(hw, "gpus", None))
 
 
 class SettingsTab:
-    def __init__(self, ctx: AppContext, t2v):
-        self.ctx = ctx
-        self.t2v = t2v
+    def __init__(self, ctx: AppContext, page: Page, t2v):
+        self.ctx, self.page, self.t2v = ctx, page, t2v
         self.build()
 
     def build(self) -> None:
-        ctx, s = self.ctx, self.ctx.settings
-        ov = s.overrides_obj()
-        t = self.t2v
+        hw = self.ctx.engine.hardware
+        gpu = has_gpu(hw)
         with gr.Row(equal_height=False):
             with gr.Column(scale=1):
                 gr.Markdown("### This machine")
-                gr.Textbox(ctx.engine.hardware.describe(), label="Detected hardware", interactive=False,
-                           lines=max(4, ctx.engine.hardware.describe().count("\n") + 1), elem_id="wan-hw")
+                text = common.hardware_text(hw)
+                gr.Textbox(text, label="Detected hardware", interactive=False, lines=max(4, text.count("\n") + 1),
+                           elem_id="wan-hw")
                 gr.Markdown("### Memory plan for the current choices")
-                self.plan = gr.HTML(plan_html(ctx.engine, t.model.value, t.size.value, t.frames.value),
-                                    elem_id="wan-plan")
+                self.plan = gr.HTML("", elem_id="wan-plan")
             with gr.Column(scale=1):
-                gr.Markdown("### Overrides (leave on auto unless you know why)")
+                gr.Markdown("### Overrides\nLeave them on auto unless you know why. A change applies to your "
+                            "runs in this browser tab at once; **Save settings** makes it the default.")
                 with gr.Row():
-                    self.blocks = gr.Slider(-1, 40, value=-1 if ov.blocks_swapped is None else ov.blocks_swapped,
-                                            step=1, label="Blocks swapped to CPU (-1 = auto)")
-                    self.dtype = gr.Dropdown([AUTO, *DTYPES], value=_choice(ov.weight_dtype),
-                                             label="Transformer weight dtype")
+                    self.blocks = gr.Slider(-1, 40, value=-1, step=1, label="Blocks swapped to CPU (-1 = auto)",
+                                            interactive=gpu, elem_id="wan-blocks",
+                                            info=None if gpu else "block swap needs an NVIDIA GPU")
+                    self.dtype = gr.Dropdown([AUTO, *DTYPES], value=AUTO, label="Transformer weight dtype",
+                                             elem_id="wan-dtype")
                 with gr.Row():
-                    self.attention = gr.Dropdown(list(ATTENTION_BACKENDS), value=_choice(ov.attention),
-                                                 label="Attention kernel")
-                    self.tiling = gr.Dropdown([AUTO, "on", "off"], value=_choice(ov.vae_tiling),
-                                              label="VAE tiling")
+                    self.attention = gr.Dropdown(attention_choices(hw), value=AUTO, label="Attention kernel",
+                                                 elem_id="wan-attention")
+                    self.tiling = gr.Dropdown([AUTO, "on", "off"], value=AUTO, label="VAE tiling",
+                                              elem_id="wan-tiling")
                 with gr.Row():
-                    self.text_enc = gr.Dropdown(list(TEXT_ENCODER_PLACES), value=_choice(ov.text_encoder),
-                                                label="Text encoder runs on")
-                    self.experts = gr.Dropdown([AUTO, *EXPERTS_RESIDENT], value=_choice(ov.experts_resident),
-                                               label="A14B experts kept in RAM")
+                    self.text_enc = gr.Dropdown([AUTO, "cpu"] + (["gpu"] if gpu or hw.mps else []), value=AUTO,
+                                                label="Text encoder runs on", elem_id="wan-text-encoder")
+                    self.experts = gr.Dropdown([AUTO, *EXPERTS_RESIDENT], value=AUTO, label="A14B experts kept in RAM",
+                                               elem_id="wan-experts")
+                self.override_msg = gr.HTML("", elem_id="wan-override-msg")
                 gr.Markdown("### Folders and defaults")
-                self.models_dirs = gr.Textbox("\n".join(s.models_dirs), lines=2,
+                self.models_dirs = gr.Textbox("", lines=2, elem_id="wan-models-dirs",
                                               label="Model folders, one per line (a ComfyUI models folder works)")
-                self.outputs_dir = gr.Textbox(s.outputs_dir, label="Outputs folder (takes effect at the next start)")
+                self.outputs_dir = gr.Textbox("", label="Outputs folder (takes effect at the next start)",
+                                              elem_id="wan-outputs-dir")
+                self.folders_note = gr.Markdown("", visible=False)
                 self.default_model = gr.Dropdown([("(first ready model)", "")] +
                                                  [(m.name, m.id) for m in catalog.MODELS.values()],
-                                                 value=s.default_model or "", label="Default model")
-                where = str(ctx.settings_path) if ctx.settings_path else "nowhere (not persisted in this run)"
-                self.save_btn = gr.Button("Save settings", variant="primary")
-                self.save_msg = gr.HTML(common.message_html("info", f"Settings file: {where}"))
+                                                 value="", label="Default model", elem_id="wan-default-model")
+                self.save_btn = gr.Button("Save settings", variant="primary", elem_id="wan-save")
+                self.save_msg = gr.HTML("", elem_id="wan-save-msg")
+        self.models = ModelsPanel(self.ctx, first_run=False)
         self.wire()
 
-    def override_inputs(self) -> list:
-        return [self.blocks, self.dtype, self.attention, self.tiling, self.text_enc, self.experts]
+    def controls(self) -> dict:
+        return {"blocks_swapped": self.blocks, "weight_dtype": self.dtype, "attention": self.attention,
+                "vae_tiling": self.tiling, "text_encoder": self.text_enc, "experts_resident": self.experts}
 
-    def wire(self) -> None:
-        t = self.t2v
-        plan_inputs = [t.model, t.size, t.frames]
-        for comp in plan_inputs:
-            comp.change(self.replan, plan_inputs, [self.plan], api_visibility="private")
-        for comp in self.override_inputs():
-            comp.change(self.apply_overrides, self.override_inputs() + plan_inputs, [self.plan],
-                        api_visibility="private")
-        self.save_btn.click(self.save, self.override_inputs() + [self.models_dirs, self.outputs_dir,
-                                                                 self.default_model],
-                            [self.save_msg, t.model, t.missing, t.missing_more, t.missing_acc, t.setup_box,
-                             t.generate_btn, t.download_model], api_name="save_settings")
-
-    def replan(self, model_id, size, frames):
-        return plan_html(self.ctx.engine, model_id, size, frames)
-
+    # ------------------------------------------------------------------------------------------ values
     @staticmethod
     def overrides_from(blocks, dtype, attention, tiling, text_enc, experts) -> Overrides:
         return Overrides(blocks_swapped=None if blocks is None or int(blocks) < 0 else int(blocks),
@@ -135,40 +118,157 @@ class SettingsTab:
                          vae_tiling=_unchoice(tiling, bool), text_encoder=_unchoice(text_enc),
                          experts_resident=_unchoice(experts))
 
-    def apply_overrides(self, blocks, dtype, attention, tiling, text_enc, experts, model_id, size, frames):
-        """Overrides apply to the next run at once (the plan is shown live); Save makes them permanent."""
-        self.ctx.engine.overrides = self.overrides_from(blocks, dtype, attention, tiling, text_enc, experts)
-        return plan_html(self.ctx.engine, model_id, size, frames)
+    def control_values(self, ov: Overrides) -> dict:
+        return {self.blocks: -1 if ov.blocks_swapped is None else ov.blocks_swapped,
+                self.dtype: _choice(ov.weight_dtype), self.attention: _choice(ov.attention),
+                self.tiling: _choice(ov.vae_tiling), self.text_enc: _choice(ov.text_encoder),
+                self.experts: _choice(ov.experts_resident)}
 
-    def save(self, blocks, dtype, attention, tiling, text_enc, experts, models_dirs, outputs_dir, default_model):
-        ctx = self.ctx
-        skip = (gr.skip(),) * 7
+    def plan_preview(self, model_id, size, frames, overrides: Overrides) -> str:
+        spec = common.spec_or_none(model_id)
+        if spec is None:
+            return message_html("info", "Choose a model on the Text to Video tab to see its memory plan.")
+        w, h = parse_size(size) if size else spec.default_size
+        frames = int(frames or spec.frames)
+        try:
+            p = engine_api.plan_size(self.ctx.engine, spec, w, h, frames, overrides)
+        except UserError as e:
+            return message_html("error", common.user_error_text(e))
+        return plan_html(p, f"{spec.name}, {w}x{h}, {frames} frames", spec.experts)
+
+    def check(self, spec, ov: Overrides) -> None:
+        """UserError naming the field when `ov` cannot work for `spec` here."""
+        if spec is not None:
+            engine_api.validate_overrides(self.ctx.engine, spec, ov)
+
+    # ------------------------------------------------------------------------------------------ events
+    def wire(self) -> None:
+        t, page = self.t2v, self.page
+        plan_inputs = [t.model, t.size, t.frames, page.overrides]
+        # After the events that change the choices, not on .change: a programmatic update must not
+        # send the old frame count against the new model's range.
+        for ev in t.choice_events:
+            ev.then(self.replan, plan_inputs, [self.plan, self.blocks], show_progress="hidden",
+                    api_visibility="private")
+        inputs = [*self.controls().values(), t.model, t.size, t.frames, page.overrides]
+        for comp in self.controls().values():
+            comp.input(self.apply_overrides, inputs,
+                       [page.overrides, *self.controls().values(), self.override_msg, self.plan],
+                       show_progress="hidden", api_visibility="private")
+        ev = self.save_btn.click(self.save, [*self.controls().values(), self.models_dirs, self.outputs_dir,
+                                             self.default_model],
+                                 [self.save_msg, page.overrides], api_name="save_settings")
+        self.model_list_events = [ev.then(t.rescan, [t.model, page.overrides], t.rescan_outputs(),
+                                          show_progress="hidden", api_visibility="private")]
+        self.model_list_events += self.models.wire(after=(t.rescan, [t.model, page.overrides],
+                                                          t.rescan_outputs()))
+
+    def replan(self, model_id, size, frames, overrides):
+        spec = common.spec_or_none(model_id)
+        out = {self.plan: self.plan_preview(model_id, size, frames, common.overrides_of(overrides))}
+        if spec is not None and has_gpu(self.ctx.engine.hardware):
+            out[self.blocks] = gr.update(maximum=spec.arch.num_layers)
+        return out
+
+    def apply_overrides(self, blocks, dtype, attention, tiling, text_enc, experts, model_id, size, frames,
+                        current):
+        """A change applies to this tab's runs once it is valid for the chosen model and this machine;
+        otherwise the controls go back to what applies, and the message says why."""
         ov = self.overrides_from(blocks, dtype, attention, tiling, text_enc, experts)
+        try:
+            self.check(common.spec_or_none(model_id), ov)
+        except UserError as e:
+            back = common.overrides_of(current)
+            label = OVERRIDE_LABELS.get(e.field, e.field)
+            return {**self.control_values(back),
+                    self.override_msg: message_html("error", f"{label}: {e.problem}", e.fix + " (not applied)")}
+        return {self.page.overrides: ov.to_dict(),
+                self.override_msg: message_html("info", "Applies to your runs in this tab. Save settings to "
+                                                "keep it."),
+                self.plan: self.plan_preview(model_id, size, frames, ov)}
+
+    def save(self, blocks, dtype, attention, tiling, text_enc, experts, models_dirs, outputs_dir, default_model,
+             request: gr.Request):
+        ctx = self.ctx
+        ov = self.overrides_from(blocks, dtype, attention, tiling, text_enc, experts)
+        saved = ctx.saved_settings()
         dirs = [d.strip() for d in (models_dirs or "").splitlines() if d.strip()]
-        s = ctx.settings
-        new = type(s)(**{**s.to_dict(), "models_dirs": dirs, "outputs_dir": (outputs_dir or "").strip(),
-                         "default_model": default_model or None, "overrides": ov.to_dict()})
+        out_text = (outputs_dir or "").strip()
+        fail = lambda text, hint="": {self.save_msg: message_html("error", text, hint)}  # noqa: E731
+        # Overrides: every ready model must accept them, or every run with that model would fail.
+        ready = self.t2v.ready_ids()
+        for model_id in ready:
+            try:
+                self.check(catalog.get(model_id), ov)
+            except UserError as e:
+                return fail(f"{OVERRIDE_LABELS.get(e.field, e.field)}: {e.problem} "
+                            f"(with {catalog.get(model_id).name})", (e.fix or "") + " — nothing was saved")
+        folders_changed = (dirs != list(saved.models_dirs)) or (out_text != saved.outputs_dir)
+        if folders_changed and not ctx.owner_at_machine(request):
+            return fail("Folders can be changed only at the computer the app runs on, when it is not shared.",
+                        "start it with --models-dir / --outputs-dir there — nothing was saved")
         if not dirs:
-            return (common.message_html("error", "Model folders: give at least one folder."),) + skip
+            return fail("Model folders: give at least one folder.")
         missing = [d for d in dirs if not Path(d).expanduser().is_dir()]
         if missing:
-            return (common.message_html("error", f"Model folder not found: {', '.join(missing)}",
-                                        "create it or correct the path"),) + skip
+            return fail(f"Model folders: not found: {', '.join(missing)}", "create it or correct the path")
+        if out_text != saved.outputs_dir:
+            try:
+                common.check_outputs_folder(out_text, dirs)
+            except UserError as e:
+                return fail(f"Outputs folder: {e.problem}", e.fix)
+        new = type(saved)(**{**saved.to_dict(), "models_dirs": dirs, "outputs_dir": out_text,
+                             "default_model": default_model or None, "overrides": ov.to_dict()})
         try:
             if ctx.settings_path is not None:
                 save_settings(new, ctx.settings_path)
         except UserError as e:
-            return (common.message_html("error", f"{e.field}: {e.problem}", e.fix),) + skip
+            return fail(f"{e.field}: {e.problem}", e.fix)
         except OSError as e:
-            return (common.message_html("error", f"Could not write {ctx.settings_path}: {e.strerror}"),) + skip
+            return fail(f"Could not write {ctx.settings_path}: {e.strerror}")
         ctx.settings = new
-        ctx.engine.overrides = ov
-        ctx.engine.models_dirs = [Path(d).expanduser() for d in dirs]
+        new_dirs = [Path(d).expanduser() for d in dirs]
+        if new_dirs != list(ctx.engine.models_dirs):
+            ctx.engine.models_dirs = new_dirs
         note = "Saved." if ctx.settings_path is not None else "Applied (this run does not persist settings)."
-        if Path(new.outputs_dir).expanduser().resolve() != ctx.outputs_dir.resolve():
-            note += " The new outputs folder is used from the next start (the running app serves only the current one)."
-        return (common.message_html("ok", note),) + t_rescan(self.t2v)
+        if Path(out_text).expanduser().resolve() != ctx.outputs_dir.resolve():
+            note += " The new outputs folder is used from the next start."
+        return {self.save_msg: message_html("ok", note), self.page.overrides: ov.to_dict()}
 
+    # ------------------------------------------------------------------------------------------ visits
+    def usable(self, ov: Overrides, model_id: str | None) -> tuple[Overrides, str]:
+        """The saved overrides minus any that cannot work for this model here (an older version, another
+        machine), and a message naming what was dropped."""
+        spec = common.spec_or_none(model_id)
+        dropped = []
+        for _ in range(len(NAMES)):
+            try:
+                self.check(spec, ov)
+                break
+            except UserError as e:
+                if e.field not in NAMES or getattr(ov, e.field) is None:
+                    break
+                dropped.append(f"{OVERRIDE_LABELS.get(e.field, e.field)} ({e.problem})")
+                ov = Overrides(**{**ov.__dict__, e.field: None})
+        msg = ("Saved overrides that cannot work here are on auto: " + "; ".join(dropped)) if dropped else ""
+        return ov, msg
 
-def t_rescan(t2v):
-    return t2v.rescan()
+    def on_load(self, request: gr.Request, model_id: str | None = None) -> dict:
+        saved = self.ctx.saved_settings()
+        ov, dropped = self.usable(saved.overrides_obj(), model_id)
+        owner = self.ctx.owner_at_machine(request)
+        where = str(self.ctx.settings_path) if self.ctx.settings_path else "nowhere (not persisted in this run)"
+        out = {**self.control_values(ov), self.page.overrides: ov.to_dict(),
+               self.models_dirs: gr.update(value="\n".join(saved.models_dirs), interactive=owner),
+               self.outputs_dir: gr.update(value=saved.outputs_dir, interactive=owner),
+               self.folders_note: gr.update(visible=not owner, value=(
+                   "The folders can be changed only at the computer the app runs on, when it is not shared "
+                   "(`--models-dir`, `--outputs-dir`).")),
+               self.default_model: saved.default_model or "",
+               self.save_msg: message_html("info", f"Settings file: {where}"),
+               self.override_msg: message_html("error", dropped) if dropped else ""}
+        return out
+
+    def load_outputs(self) -> list:
+        return [*self.controls().values(), self.page.overrides, self.models_dirs, self.outputs_dir,
+                self.folders_note, self.default_model, self.save_msg, self.override_msg]

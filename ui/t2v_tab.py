@@ -1,283 +1,300 @@
-"""The Text to Video tab: controls, the live run (progress, preview, A14B expert badge), the result, the
-gallery of past outputs and "load settings from this video". Also the first-run panel (what is missing,
-download, tiny demo models), since a new user lands here first."""
+"""The Text to Video tab: controls, the live run, the past outputs (they play when clicked) and "load
+settings from this video". Also the first-run panel (what is missing, the tiny demo models), since a new
+user lands here first.
+
+Controls change each other only on user input (`.input`), never on a programmatic update, so a loaded
+video's settings or a rescan arrive in one update that no handler overwrites afterwards.
+"""
 from __future__ import annotations
 
 import json
 import logging
-import threading
 from pathlib import Path
 
 import gradio as gr
 
-from wan_app import catalog, events, outputs
+from wan_app import catalog, outputs
 from wan_app.catalog import DEFAULT_NEGATIVE_PROMPT, SOLVERS
 from wan_app.errors import UserError
 from wan_app.media import read_metadata
 from wan_app.request import MAX_SEED, Request, parse_size
 
-from . import common
-from .common import GPU, AppContext
+from . import common, engine_api
+from .common import AppContext
+from .models_panel import ModelsPanel
+from .render import RunView, expert_badge_html, message_html
+from .runs import Page, Runner
 
 log = logging.getLogger(__name__)
 
 GALLERY_LIMIT = 24
+# Where each UserError field of a clip request is shown (the engine's field name -> this tab's input).
+FIELD_INPUTS = {"model": "model", "prompt": "prompt", "negative_prompt": "negative", "size": "size",
+                "width": "size", "height": "size", "frames": "frames", "steps": "steps", "shift": "shift",
+                "guidance": "cfg", "guidance_2": "cfg2", "boundary": "boundary", "solver": "solver",
+                "seed": "seed"}
+INPUT_LABELS = {"model": "Model", "prompt": "Prompt", "negative": "Negative prompt", "size": "Size",
+                "frames": "Frames", "steps": "Steps", "shift": "Shift", "cfg": "CFG", "cfg2": "CFG (low-noise)",
+                "boundary": "Expert switch boundary", "solver": "Solver", "seed": "Seed"}
+OVERRIDE_LABELS = {"blocks_swapped": "Blocks swapped to CPU", "weight_dtype": "Transformer weight dtype",
+                   "text_encoder": "Text encoder runs on", "attention": "Attention kernel",
+                   "vae_tiling": "VAE tiling", "experts_resident": "A14B experts kept in RAM"}
+
+
+def problem_at(e: UserError, field_inputs: dict, default: str) -> tuple[str, str]:
+    """(input name, message) for a UserError: at its field, or at the model when Settings caused it."""
+    text = e.problem + (f" — {e.fix}" if e.fix else "")
+    if e.field in OVERRIDE_LABELS:
+        return "model", f"Settings → {OVERRIDE_LABELS[e.field]}: {text}"
+    name = field_inputs.get(e.field, default)
+    return name, f"{INPUT_LABELS.get(name, e.field)}: {text}"
 
 
 class T2VTab:
-    """Builds the tab inside an open gr.Blocks; the server wires cross-tab refreshes through the attributes."""
+    """Builds the tab inside an open gr.Blocks."""
 
-    def __init__(self, ctx: AppContext):
-        self.ctx = ctx
+    RUN_OUTPUTS = ("status", "notices", "badge", "preview", "video", "plan", "error", "seed_used", "info",
+                   "gallery", "gallery_paths")
+
+    def __init__(self, ctx: AppContext, page: Page):
+        self.ctx, self.page = ctx, page
         self.build()
 
     # ------------------------------------------------------------------------------------------ layout
     def build(self) -> None:
-        ctx = self.ctx
-        statuses, scan_error = common.model_status(ctx.engine, refresh=True)
-        choices = common.runnable_choices(statuses)
-        ids = [c[1] for c in choices]
-        last = ctx.settings.last_request or {}
-        default = next((m for m in (last.get("model"), ctx.settings.default_model) if m in ids),
-                       ids[0] if ids else None)
-        spec = common.spec_or_none(default)
-        self.online = common.is_online()
-
-        with gr.Group(visible=not ids) as self.setup_box:
-            gr.Markdown("### No model is ready yet\nEach model needs its weights in the models folder. "
-                        "To see the whole app work right now, install the tiny demo models "
-                        "(random weights, a few MB, they make noise videos in seconds).")
-            with gr.Row():
-                self.install_tiny_btn = gr.Button("Install tiny demo models", variant="primary", scale=1)
-                with gr.Column(scale=2):
-                    self.download_model = gr.Dropdown(
-                        [(s.spec.name, s.spec.id) for s in statuses if not s.runnable and not s.spec.tiny],
-                        label="Download a model from Hugging Face", visible=self.online)
-                    self.download_btn = gr.Button("Download the missing files", visible=self.online)
-            gr.Markdown("You are offline, so nothing can be downloaded here: put each file named below in the "
-                        "folder shown, then press Rescan." if not self.online else "", visible=not self.online)
-            self.setup_status = gr.HTML("")
-        self.missing = gr.Markdown(common.missing_markdown(statuses, ctx.engine.models_dirs)
-                                   + (f"\n\n{scan_error}" if scan_error else ""),
-                                   visible=not ids, elem_id="wan-missing")
-
+        self.models = ModelsPanel(self.ctx, first_run=True)
         with gr.Row(equal_height=False):
             with gr.Column(scale=5, min_width=360):
+                # Choices come per visit (demo.load). allow_custom_value: an API session never loads the
+                # page, so Gradio's own choice check would refuse every model; the validator checks them.
                 with gr.Row():
-                    self.model = gr.Dropdown(choices, value=default, label="Model", scale=4,
-                                             info=None if ids else "no model is ready: see above")
+                    self.model = gr.Dropdown([], value=None, label="Model", scale=4, elem_id="wan-model",
+                                             allow_custom_value=True)
                     self.rescan_btn = gr.Button("Rescan", scale=0, size="sm", min_width=90)
-                with gr.Accordion("Other models and what they still need", open=False,
-                                  visible=bool(ids)) as self.missing_acc:
-                    self.missing_more = gr.Markdown(common.missing_markdown(statuses, ctx.engine.models_dirs))
-                self.prompt = gr.Textbox(label="Prompt", lines=3, value=last.get("prompt", ""),
-                                         placeholder="A red fox runs through fresh snow at dawn, cinematic",
-                                         elem_id="wan-prompt")
+                self.prompt = gr.Textbox(label="Prompt", lines=3, elem_id="wan-prompt",
+                                         placeholder="A red fox runs through fresh snow at dawn, cinematic")
+                with gr.Row():
+                    self.generate_btn = gr.Button("Generate", variant="primary", elem_id="wan-generate",
+                                                  interactive=False)
+                    self.stop_btn = gr.Button("Stop", variant="stop", elem_id="wan-stop")
+                error = RunView.error_box("wan")          # errors right under Generate
+                with gr.Row():
+                    self.size = gr.Dropdown([], value=None, label="Size (width x height)", elem_id="wan-size",
+                                            allow_custom_value=True)
+                    self.frames = gr.Slider(1, 81, value=81, step=4, label="Frames (4n+1)", elem_id="wan-frames")
+                self.frames_note = gr.Markdown("", elem_classes=["wan-reasons"])
                 # Folded: the official default is Chinese, unreadable for most users, and rarely edited.
                 with gr.Accordion("Negative prompt (the official default is prefilled)", open=False):
                     self.negative = gr.Textbox(label="Negative prompt", lines=3, show_label=False,
-                                               value=last.get("negative_prompt") or DEFAULT_NEGATIVE_PROMPT)
-                sizes = common.size_choices(spec) if spec else []
-                size0 = sizes[0] if sizes else None
-                limit, why = (common.frames_limit(ctx.engine, spec, *parse_size(size0)) if spec else (81, ""))
-                with gr.Row():
-                    self.size = gr.Dropdown(sizes, value=size0, label="Size (width x height)")
-                    self.frames = gr.Slider(1, max(limit, 1), value=common.snap_frames(spec.frames, limit)
-                                            if spec else 81, step=4, label="Frames (4n+1)")
-                self.frames_note = gr.Markdown(why, elem_classes=["wan-reasons"])
-                a14b = bool(spec and spec.experts == 2)
+                                               value=DEFAULT_NEGATIVE_PROMPT, elem_id="wan-negative")
                 with gr.Accordion("Sampling", open=True):
                     with gr.Row():
-                        self.steps = gr.Slider(1, 100, value=spec.steps if spec else 50, step=1, label="Steps")
-                        self.shift = gr.Number(value=spec.shift if spec else 5.0, label="Shift", minimum=0.1,
-                                               maximum=100)
-                        self.solver = gr.Dropdown(list(SOLVERS), value="unipc", label="Solver")
+                        self.steps = gr.Slider(1, 100, value=50, step=1, label="Steps", elem_id="wan-steps")
+                        self.shift = gr.Number(value=5.0, label="Shift", elem_id="wan-shift")
+                        self.solver = gr.Dropdown(list(SOLVERS), value="unipc", label="Solver", elem_id="wan-solver")
                     with gr.Row():
-                        self.cfg = gr.Number(value=spec.guidance if spec else 5.0, minimum=0, maximum=30,
-                                             label="CFG (high-noise expert)" if a14b else "CFG")
-                        self.cfg2 = gr.Number(value=(spec.guidance_2 if a14b else 3.0), minimum=0, maximum=30,
-                                              label="CFG (low-noise expert)", visible=a14b)
-                        self.boundary = gr.Number(value=(spec.boundary if a14b else 0.875), minimum=0.01,
-                                                  maximum=0.99, step=0.005, label="Expert switch boundary",
-                                                  visible=a14b)
+                        self.cfg = gr.Number(value=5.0, label="CFG", elem_id="wan-cfg")
+                        self.cfg2 = gr.Number(value=3.0, label="CFG (low-noise expert)", visible=False,
+                                              elem_id="wan-cfg2")
+                        self.boundary = gr.Number(value=0.875, step=0.005, label="Expert switch boundary",
+                                                  visible=False, elem_id="wan-boundary")
                     with gr.Row():
-                        self.seed_mode = gr.Radio(["random", "fixed"], value="random", label="Seed")
-                        self.seed = gr.Number(value=42, precision=0, minimum=0, maximum=MAX_SEED,
-                                              label="Seed value (when fixed)")
-                with gr.Row():
-                    self.generate_btn = gr.Button("Generate", variant="primary", elem_id="wan-generate",
-                                                  interactive=bool(ids))
-                    self.stop_btn = gr.Button("Stop", variant="stop", elem_id="wan-stop")
+                        self.seed_mode = gr.Radio(["random", "fixed"], value="random", label="Seed",
+                                                  elem_id="wan-seed-mode")
+                        self.seed = gr.Number(value=42, precision=0, label="Seed value (when fixed)",
+                                              elem_id="wan-seed")
             with gr.Column(scale=6, min_width=360):
-                self.status = gr.HTML(common.progress_html("idle"), elem_id="wan-status")
-                self.badge = gr.HTML(common.expert_badge_html(None), elem_id="wan-badge")
-                self.preview = gr.Image(label="Live preview (what the model predicts at this step)",
-                                        interactive=False, height=260, elem_id="wan-preview", format="png")
-                self.video = gr.Video(label="Result", interactive=False, elem_id="wan-video", height=320,
-                                      autoplay=True, loop=True)
+                self.view = RunView("wan", video_label="Result", error=error,
+                                    preview_label="Live preview (what the model predicts at this step)")
                 self.seed_used = gr.Textbox(label="Seed used", interactive=False, elem_id="wan-seed-used")
                 with gr.Accordion("Settings of this video", open=False):
-                    # Text, not gr.JSON: the metadata names model files by path, and Gradio clients take any
-                    # {"path": ...} in a JSON value for a file to download.
+                    # Text, not gr.JSON: Gradio clients take any {"path": ...} in a JSON value for a file.
                     self.info = gr.Code(label="Metadata", language="json", interactive=False, lines=12)
 
         gr.Markdown("### Past outputs")
-        items = self.gallery_items()
-        self.gallery_paths = gr.State([p for p, _ in items])
-        self.gallery = gr.Gallery(items, label="Outputs (newest first)", columns=6, height=230,
-                                  fit_columns=False, object_fit="contain", allow_preview=False,
-                                  elem_id="wan-gallery")
-        with gr.Row():
-            self.selected = gr.Textbox(label="Selected video", interactive=False, scale=4)
-            self.refresh_btn = gr.Button("Refresh", scale=1, size="sm")
-            self.load_btn = gr.Button("Load settings from this video", scale=2)
-        self.load_msg = gr.HTML("")
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=3):
+                self.gallery_paths = gr.State([])
+                self.gallery = gr.Gallery([], label="Outputs (newest first); click one to play it", columns=6,
+                                          height=260, object_fit="contain", allow_preview=False,
+                                          fit_columns=False, elem_id="wan-gallery")
+                self.refresh_btn = gr.Button("Refresh", size="sm")
+            with gr.Column(scale=2):
+                self.picked = gr.Video(label="Selected output", interactive=False, height=220, loop=True,
+                                       elem_id="wan-picked")
+                self.selected = gr.Textbox(label="Selected video", interactive=False, elem_id="wan-selected")
+                self.load_btn = gr.Button("Load settings from this video", elem_id="wan-load-settings")
+                self.load_msg = gr.HTML("", elem_id="wan-load-msg")
+        self.models.build_more()
         self.wire()
 
-    # ------------------------------------------------------------------------------------------ events
-    def controls(self) -> list:
-        return [self.model, self.prompt, self.negative, self.size, self.frames, self.steps, self.shift,
-                self.cfg, self.cfg2, self.boundary, self.solver, self.seed_mode, self.seed]
+    # ------------------------------------------------------------------------------------------ values
+    def inputs(self) -> dict:
+        return {"model": self.model, "prompt": self.prompt, "negative": self.negative, "size": self.size,
+                "frames": self.frames, "steps": self.steps, "shift": self.shift, "cfg": self.cfg,
+                "cfg2": self.cfg2, "boundary": self.boundary, "solver": self.solver,
+                "seed_mode": self.seed_mode, "seed": self.seed}
 
-    def wire(self) -> None:
-        run_outputs = [self.status, self.badge, self.preview, self.video, self.seed_used, self.info,
-                       self.gallery, self.gallery_paths]
-        self.model.change(self.on_model, [self.model], [self.size, self.frames, self.frames_note, self.steps,
-                                                        self.shift, self.cfg, self.cfg2, self.boundary,
-                                                        self.badge], api_visibility="private")
-        self.size.change(self.on_size, [self.model, self.size, self.frames], [self.frames, self.frames_note],
-                         api_visibility="private")
-        self.generate_btn.click(self.arm, None, None, concurrency_limit=None, api_visibility="private",
-                                queue=False).then(
-            self.generate, self.controls(), run_outputs, concurrency_id=GPU, concurrency_limit=1,
-            api_name="generate")
-        self.stop_btn.click(self.stop, None, [self.status], concurrency_limit=None, queue=False,
-                            api_name="stop")
-        refresh_outs = [self.model, self.missing, self.missing_more, self.missing_acc, self.setup_box,
-                        self.generate_btn, self.download_model]
-        self.rescan_btn.click(self.rescan, None, refresh_outs, api_name="rescan")
-        self.install_tiny_btn.click(self.install_tiny, None, [self.setup_status] + refresh_outs,
-                                    concurrency_id=GPU, concurrency_limit=1, api_name="install_tiny")
-        self.download_btn.click(self.download, [self.download_model], [self.setup_status] + refresh_outs,
-                                concurrency_id=GPU, concurrency_limit=1, api_name="download")
-        self.refresh_btn.click(self.refresh_gallery, None, [self.gallery, self.gallery_paths],
-                               api_visibility="private")
-        self.gallery.select(self.on_select, [self.gallery_paths], [self.selected], api_visibility="private")
-        self.load_btn.click(self.load_from_video, [self.selected], self.controls() + [self.load_msg],
-                            api_name="load_settings")
+    def ready_ids(self) -> list[str]:
+        return [c[1] for c in common.runnable_choices(common.model_status(self.ctx.engine)[0])]
 
-    def on_model(self, model_id):
-        spec = common.spec_or_none(model_id)
-        if spec is None:
-            return (gr.skip(),) * 9
+    def model_values(self, spec, r: dict | None = None, overrides=None) -> dict:
+        """Every control that depends on the model, from `r` (a request's fields) or the official
+        defaults: one update, so nothing has to follow it."""
+        r = r or {}
         sizes = common.size_choices(spec)
-        limit, why = common.frames_limit(self.ctx.engine, spec, *spec.default_size)
+        w, h = r.get("width") or spec.default_size[0], r.get("height") or spec.default_size[1]
+        size = common.size_label(w, h)
+        if size not in sizes:
+            sizes = sizes + [size]
+        limit, why = common.frames_limit(self.ctx.engine, spec, w, h, overrides)
+        frames = r.get("frames") or spec.frames
+        if frames > limit:
+            why += f" This video had {frames} frames."
         a14b = spec.experts == 2
-        return (gr.update(choices=sizes, value=sizes[0]),
-                gr.update(maximum=max(limit, 1), value=common.snap_frames(spec.frames, limit)), why,
-                spec.steps, spec.shift,
-                gr.update(value=spec.guidance, label="CFG (high-noise expert)" if a14b else "CFG"),
-                gr.update(value=spec.guidance_2 if a14b else 3.0, visible=a14b),
-                gr.update(value=spec.boundary if a14b else 0.875, visible=a14b),
-                common.expert_badge_html(None))
+        pick = lambda k, default: r[k] if r.get(k) is not None else default  # noqa: E731
+        return {
+            self.size: gr.update(choices=sizes, value=size),
+            self.frames: gr.update(maximum=max(limit, 1), value=common.snap_frames(frames, max(limit, 1))),
+            self.frames_note: why,
+            self.steps: pick("steps", spec.steps),
+            self.shift: pick("shift", spec.shift),
+            self.cfg: gr.update(value=pick("guidance", spec.guidance),
+                                label="CFG (high-noise expert)" if a14b else "CFG"),
+            self.cfg2: gr.update(value=pick("guidance_2", spec.guidance_2 if a14b else 3.0), visible=a14b),
+            self.boundary: gr.update(value=pick("boundary", spec.boundary if a14b else 0.875), visible=a14b),
+            self.view.badge: expert_badge_html(None),
+        }
 
-    def on_size(self, model_id, size, frames):
-        spec = common.spec_or_none(model_id)
-        if spec is None or not size:
-            return gr.skip(), gr.skip()
-        limit, why = common.frames_limit(self.ctx.engine, spec, *parse_size(size))
-        return gr.update(maximum=max(limit, 1), value=common.snap_frames(frames or spec.frames, limit)), why
+    def model_outputs(self) -> list:
+        return [self.size, self.frames, self.frames_note, self.steps, self.shift, self.cfg, self.cfg2,
+                self.boundary, self.view.badge]
 
-    def arm(self, request: gr.Request):
-        self.ctx.stops.arm(common.session_of(request))
-
-    def stop(self, request: gr.Request):
-        if self.ctx.stops.stop(common.session_of(request)):
-            return common.progress_html("stopped", message="stopping after the current step…")
-        return gr.skip()
-
-    # ------------------------------------------------------------------------------------------ the run
-    def build_request(self, model, prompt, negative, size, frames, steps, shift, cfg, cfg2, boundary, solver,
-                      seed_mode, seed) -> Request:
-        spec = catalog.get(model) if model else None
+    def build_request(self, v: dict) -> Request:
+        spec = common.spec_or_none(v.get("model"))
         if spec is None:
             raise UserError("model", "no model is chosen", "install a model or the tiny demo models first")
-        w, h = parse_size(size) if size else spec.default_size
+        w, h = parse_size(v["size"]) if v.get("size") else spec.default_size
         a14b = spec.experts == 2
+        num = lambda k, kind=float: None if v.get(k) in (None, "") else kind(v[k])  # noqa: E731
+        seed = None
+        if v.get("seed_mode") == "fixed" and v.get("seed") not in (None, ""):
+            seed = float(v["seed"])
+            if seed != int(seed) or not 0 <= seed <= MAX_SEED:
+                raise UserError("seed", f"{v['seed']} is not a seed", f"use a whole number from 0 to {MAX_SEED}")
+            seed = int(seed)
         return Request(
-            model=model, prompt=prompt or "", negative_prompt=negative if negative is not None else None,
-            width=w, height=h, frames=int(frames) if frames else None, steps=int(steps) if steps else None,
-            shift=float(shift) if shift else None, guidance=None if cfg is None else float(cfg),
-            guidance_2=(None if cfg2 is None else float(cfg2)) if a14b else None,
-            boundary=(None if boundary is None else float(boundary)) if a14b else None,
-            solver=solver or "unipc",
-            seed=None if seed_mode != "fixed" or seed is None else int(seed))
+            model=spec.id, prompt=v.get("prompt") or "", negative_prompt=v.get("negative"),
+            width=w, height=h, frames=num("frames", int), steps=num("steps", int), shift=num("shift"),
+            guidance=num("cfg"), guidance_2=num("cfg2") if a14b else None,
+            boundary=num("boundary") if a14b else None, solver=v.get("solver") or "unipc", seed=seed)
 
-    def generate(self, model, prompt, negative, size, frames, steps, shift, cfg, cfg2, boundary, solver,
-                 seed_mode, seed, request: gr.Request):
-        """Streams (status, badge, preview, video, seed used, metadata, gallery, gallery paths)."""
-        skip = gr.skip()
-        cancel = self.ctx.stops.take(common.session_of(request))
+    def check(self, v: dict) -> dict:
+        """{input name: message} for what is wrong, with the engine's own rules (nothing loads)."""
         try:
-            try:
-                req = self.build_request(model, prompt, negative, size, frames, steps, shift, cfg, cfg2,
-                                         boundary, solver, seed_mode, seed)
-            except UserError as e:
-                yield (common.message_html("error", f"{e.field}: {e.problem}", e.fix),) + (skip,) * 7
-                return
-            if cancel.is_set():
-                yield (common.progress_html("stopped", message="stopped before it started"),) + (skip,) * 7
-                return
-            self.remember(req)
-            spec = catalog.get(req.model)
-            expert = "high" if spec.experts == 2 else None
-            switched = switch_s = None
-            yield (common.progress_html("load", message="preparing"), common.expert_badge_html(expert),
-                   None, None, "", "", skip, skip)
-            for ev in common.stream_in_thread(lambda: self.ctx.engine.run(req, cancel), cancel):
-                if isinstance(ev, events.Progress):
-                    yield (common.progress_html(ev.phase, ev.step, ev.total, ev.eta_s, ev.message),) + (skip,) * 7
-                elif isinstance(ev, events.Preview):
-                    if ev.expert:
-                        expert = ev.expert
-                    yield (common.progress_html("sample", ev.step, ev.total),
-                           common.expert_badge_html(expert, switched, switch_s),
-                           common.preview_image(ev.frames)) + (skip,) * 5
-                elif isinstance(ev, events.ExpertSwitch):
-                    expert, switched, switch_s = ev.to_expert, ev.step, ev.seconds
-                    yield (skip, common.expert_badge_html(expert, switched, switch_s)) + (skip,) * 6
-                elif isinstance(ev, events.Notice):
-                    gr.Info(ev.message)
-                elif isinstance(ev, events.Finished):
-                    items = self.gallery_items()
-                    used = ev.metadata.get("request", {}).get("seed")
-                    yield (common.progress_html("done", message=f"{ev.seconds:.1f}s"), skip, skip,
-                           str(ev.path), "" if used is None else str(used), metadata_text(ev.metadata),
-                           items, [p for p, _ in items])
-                elif isinstance(ev, events.Cancelled):
-                    yield (common.progress_html("stopped", message=ev.message),) + (skip,) * 7
-                elif isinstance(ev, events.Failed):
-                    yield (common.message_html("error", ev.message, ev.hint),) + (skip,) * 7
-        finally:
-            common.Stops.finish(cancel)
+            req = self.build_request(v)
+            if req.model not in self.ready_ids():
+                raise UserError("model", f"{catalog.get(req.model).name} is not installed here",
+                                "install its files (see the list above) or pick another model")
+            req, _ = engine_api.check_request(req)
+            p = engine_api.plan(self.ctx.engine, req, common.overrides_of(v.get("overrides")))
+            if p.blocker:
+                raise UserError(p.blocker["field"], p.blocker["problem"], p.blocker["fix"])
+        except UserError as e:
+            name, msg = problem_at(e, FIELD_INPUTS, "prompt")
+            return {name: msg}
+        except Exception as e:  # noqa: BLE001 - a check must not take the button down
+            log.exception("checking the request failed")
+            return {"prompt": f"Could not check this request: {type(e).__name__}: {e}"}
+        return {}
 
-    def remember(self, req: Request) -> None:
-        """The last request is part of the settings, so a restart opens where the user left off."""
-        ctx = self.ctx
-        ctx.settings.last_request = {k: v for k, v in req.to_dict().items() if v is not None}
-        if ctx.settings_path is not None:
-            from wan_app.settings import save_settings
-            try:
-                save_settings(ctx.settings, ctx.settings_path)
-            except (UserError, OSError) as e:
-                log.warning("could not save the last request: %s", e)
+    # ------------------------------------------------------------------------------------------ events
+    def wire(self) -> None:
+        page = self.page
+        self.runner = Runner("clip", self.generate_btn, "Generate", self.view,
+                             ready=lambda: bool(self.ready_ids()))
+        outputs = [*self.view.components, self.seed_used, self.info, self.gallery, self.gallery_paths]
+        page.add_runner(self.runner, self.stop_btn, self.inputs(), outputs, self.check, self.generate,
+                        api_name="generate")
+        self.generate_btn.click(self.remember, [page.last, *self.inputs().values()], [page.last], queue=False,
+                                show_progress="hidden", api_visibility="private")
+        # events after which the model, size or frames may differ (the Settings plan follows them)
+        self.choice_events = [
+            self.model.input(self.on_model, [self.model, page.overrides], self.model_outputs(),
+                             show_progress="hidden", api_visibility="private"),
+            self.size.input(self.on_size, [self.model, self.size, self.frames, page.overrides],
+                            [self.frames, self.frames_note], show_progress="hidden", api_visibility="private"),
+            self.frames.release(lambda: None, None, None, queue=False, show_progress="hidden",
+                                api_visibility="private")]
+        rescanned = self.rescan_btn.click(self.rescan, [self.model, page.overrides], self.rescan_outputs(),
+                                          api_name="rescan", show_progress="hidden")
+        # events after which the model list may have changed (the Extend tab follows them)
+        self.model_list_events = [rescanned, *self.models.wire(
+            after=(self.rescan, [self.model, page.overrides], self.rescan_outputs()))]
+        self.refresh_btn.click(self.refresh_gallery, None, [self.gallery, self.gallery_paths],
+                               api_name="outputs")
+        self.gallery.select(self.on_select, [self.gallery_paths],
+                            [self.selected, self.picked, self.load_msg], api_visibility="private")
+        self.choice_events.append(self.load_btn.click(
+            self.load_from_video, [self.selected, page.overrides],
+            [self.model, self.prompt, self.negative, *self.model_outputs(), self.solver, self.seed_mode,
+             self.seed, self.load_msg], api_name="load_settings"))
+        self.choice_events += self.model_list_events
+
+    def remember(self, last, *values):
+        """The last request of this browser, kept in the browser (the settings file is written only by
+        Save): a reload opens where the user left off."""
+        last = dict(last or {})
+        last["clip"] = dict(zip(self.inputs(), values))
+        return last
+
+    def on_model(self, model_id, overrides):
+        spec = common.spec_or_none(model_id)
+        if spec is None:
+            return {}
+        return self.model_values(spec, None, common.overrides_of(overrides))
+
+    def on_size(self, model_id, size, frames, overrides):
+        spec = common.spec_or_none(model_id)
+        if spec is None or not size:
+            return {}
+        w, h = parse_size(size)
+        limit, why = common.frames_limit(self.ctx.engine, spec, w, h, common.overrides_of(overrides))
+        return {self.frames: gr.update(maximum=max(limit, 1),
+                                       value=common.snap_frames(frames or spec.frames, max(limit, 1))),
+                self.frames_note: why}
+
+    # ------------------------------------------------------------------------------------------ the run
+    def generate(self, job, v: dict):
+        try:
+            req = self.build_request(v)
+            spec = catalog.get(req.model)
+        except UserError as e:
+            yield self.view.failed(common.user_error_text(e), "")
+            return
+        a14b = spec.experts == 2
+        yield self.view.starting(a14b) | {self.seed_used: "", self.info: ""}
+        stream = engine_api.run(self.ctx.engine, req, job.cancel, common.overrides_of(v.get("overrides")))
+        yield from self.view.render(stream, a14b, on_finished=self.finished, serve=self.ctx.policy.video)
+
+    def finished(self, ev) -> dict:
+        items = self.gallery_items()
+        used = (ev.metadata.get("request") or {}).get("seed")
+        return {self.seed_used: "" if used is None else str(used), self.info: metadata_text(ev.metadata),
+                self.gallery: items, self.gallery_paths: [p for p, _ in items]}
 
     # ------------------------------------------------------------------------------------------ gallery
     def gallery_items(self) -> list[tuple[str, str]]:
+        """The app's own videos only: regular files in the dated folders (no symlinks), newest first."""
         items = []
-        for it in outputs.list_outputs(self.ctx.outputs_dir, limit=GALLERY_LIMIT):
+        for it in outputs.list_outputs(self.ctx.outputs_dir, limit=GALLERY_LIMIT * 2):
+            path = self.ctx.policy.video(it.path)
+            if path is None or ((it.metadata or {}).get("long") or {}).get("complete") is False:
+                continue
             prompt = ((it.metadata or {}).get("request") or {}).get("prompt") or it.path.name
-            items.append((str(it.path), prompt[:60]))
+            items.append((str(path), prompt[:60]))
+            if len(items) == GALLERY_LIMIT:
+                break
         return items
 
     def refresh_gallery(self):
@@ -286,110 +303,97 @@ class T2VTab:
 
     def on_select(self, paths, evt: gr.SelectData):
         try:
-            return paths[evt.index]
+            path = self.ctx.policy.video(paths[evt.index])
         except (IndexError, TypeError):
-            return ""
+            path = None
+        if path is None:
+            return "", None, message_html("error", "That video is no longer there: press Refresh.")
+        return str(path), str(path), ""
 
-    def load_from_video(self, path):
-        """Every control back as it was for that video (only videos inside the outputs folder)."""
-        n = len(self.controls())
-        if not path or not outputs.is_inside(path, self.ctx.outputs_dir) or not Path(path).is_file():
-            return (gr.skip(),) * n + (common.message_html("error", "Choose one of your outputs first."),)
-        meta = read_metadata(path) or {}
+    def load_from_video(self, path, overrides):
+        """Every control as it was for that video, in one update (only the app's own videos)."""
+        video = self.ctx.policy.video(path) if path else None
+        if video is None:
+            return {self.load_msg: message_html("error", "Choose one of your outputs first.")}
+        meta = read_metadata(video) or {}
         r = meta.get("request")
         if not isinstance(r, dict) or r.get("model") not in catalog.MODELS:
-            return (gr.skip(),) * n + (common.message_html("error", f"{Path(path).name} has no settings of "
-                                                           "this app in it."),)
+            return {self.load_msg: message_html("error", f"{video.name} has no settings of this app in it.")}
         spec = catalog.get(r["model"])
-        ready = [c[1] for c in common.runnable_choices(common.model_status(self.ctx.engine)[0])]
-        w, h = r.get("width") or spec.default_size[0], r.get("height") or spec.default_size[1]
-        limit, why = common.frames_limit(self.ctx.engine, spec, w, h)
-        a14b = spec.experts == 2
-        vals = (
-            gr.update(value=r["model"]) if r["model"] in ready else gr.skip(),
-            r.get("prompt", ""), r.get("negative_prompt") or DEFAULT_NEGATIVE_PROMPT,
-            gr.update(choices=common.size_choices(spec) + ([common.size_label(w, h)]
-                      if (w, h) not in spec.sizes else []), value=common.size_label(w, h)),
-            gr.update(maximum=max(limit, r.get("frames") or 1), value=r.get("frames") or spec.frames),
-            r.get("steps") or spec.steps, r.get("shift") or spec.shift,
-            r.get("guidance") if r.get("guidance") is not None else spec.guidance,
-            gr.update(value=r.get("guidance_2") or spec.guidance_2 or 3.0, visible=a14b),
-            gr.update(value=r.get("boundary") or spec.boundary or 0.875, visible=a14b),
-            r.get("solver") or "unipc", "fixed", r.get("seed") if r.get("seed") is not None else 42,
-        )
-        note = f"Loaded the settings of {Path(path).name} (seed fixed to {r.get('seed')})."
-        if r["model"] not in ready:
-            note += f" Its model, {spec.name}, is not installed here: the model was left as it is."
-        return vals + (common.message_html("ok", note),)
+        ready = self.ready_ids()
+        out = self.model_values(spec, r, common.overrides_of(overrides))
+        out.update({
+            self.prompt: r.get("prompt", ""),
+            self.negative: r.get("negative_prompt") or DEFAULT_NEGATIVE_PROMPT,
+            self.solver: r.get("solver") or "unipc",
+            self.seed_mode: "fixed",
+            self.seed: r.get("seed") if r.get("seed") is not None else 42,
+        })
+        note = f"Loaded the settings of {video.name} (seed fixed to {r.get('seed')})."
+        if r["model"] in ready:
+            out[self.model] = gr.update(value=r["model"])
+        else:
+            note += f" Its model, {spec.name}, is not installed here: install it to make this video again."
+        if meta.get("long"):
+            note += " It is a long video: use the Extend tab to make it again."
+        out[self.load_msg] = message_html("ok", note)
+        return out
 
-    # ------------------------------------------------------------------------------------------ setup
-    def rescan(self):
-        statuses, err = common.model_status(self.ctx.engine, refresh=True)
+    # ------------------------------------------------------------------------------------------ models
+    def rescan_outputs(self) -> list:
+        return [self.model, self.generate_btn, *self.models.outputs(), *self.model_outputs()]
+
+    def rescan(self, current=None, overrides=None, request: gr.Request = None, refresh: bool = True) -> dict:
+        """The model list as the folders are now. The chosen model and every other control stay as they
+        are while that model is still ready."""
+        statuses, note = common.model_status(self.ctx.engine, refresh=refresh)
         choices = common.runnable_choices(statuses)
         ids = [c[1] for c in choices]
-        md = common.missing_markdown(statuses, self.ctx.engine.models_dirs) + (f"\n\n{err}" if err else "")
-        return (gr.update(choices=choices, value=ids[0] if ids else None),
-                gr.update(value=md, visible=not ids), md, gr.update(visible=bool(ids)),
-                gr.update(visible=not ids), gr.update(interactive=bool(ids)),
-                gr.update(choices=[(s.spec.name, s.spec.id) for s in statuses
-                                   if not s.runnable and not s.spec.tiny]))
+        busy = request is not None and self.ctx.jobs.active(common.session_of(request)) is not None
+        out = {self.model: gr.update(choices=choices, value=current if current in ids else
+                                     (ids[0] if ids else None)),
+               self.generate_btn: gr.update(interactive=bool(ids) and not busy)}
+        out.update(self.models.updates(statuses, note))
+        if ids and current not in ids:
+            out.update(self.model_values(catalog.get(ids[0]), None, common.overrides_of(overrides)))
+        return out
 
-    def install_tiny(self):
-        target = self.ctx.models_dir / "tiny-demo"
-        n_out = 1 + 7
-        yield (common.message_html("info", f"Writing the tiny demo models into {target}…"),) + (gr.skip(),) * 7
-        done = threading.Event()
-        result: dict = {}
+    def on_load(self, last: dict, overrides: dict) -> dict:
+        """The tab as it is for this visit: models ready now, the outputs there now, this browser's last
+        request (or the saved default model)."""
+        statuses, note = common.model_status(self.ctx.engine, refresh=False)
+        ids = [c[1] for c in common.runnable_choices(statuses)]
+        prev = (last or {}).get("clip") or {}
+        saved = self.ctx.saved_settings()
+        default = next((m for m in (prev.get("model"), saved.default_model) if m in ids), ids[0] if ids else None)
+        out = self.rescan(default, overrides, None, refresh=False)
+        out[self.model] = gr.update(choices=common.runnable_choices(statuses), value=default)
+        if default:
+            spec = catalog.get(default)
+            r = {}
+            if prev.get("model") == default:
+                try:
+                    r = self.build_request(prev).to_dict()
+                except (UserError, ValueError, TypeError):
+                    r = {}
+            out.update(self.model_values(spec, r, common.overrides_of(overrides)))
+            if r:
+                out.update({self.prompt: r.get("prompt", ""),
+                            self.negative: prev.get("negative") or DEFAULT_NEGATIVE_PROMPT,
+                            self.solver: r.get("solver") or "unipc",
+                            self.seed_mode: prev.get("seed_mode") or "random",
+                            self.seed: prev.get("seed") if prev.get("seed") is not None else 42})
+        items = self.gallery_items()
+        out.update({self.gallery: items, self.gallery_paths: [p for p, _ in items]})
+        return out
 
-        def work():
-            try:
-                from wan_app import tiny
-                result["layouts"] = tiny.build_all(target)
-            except Exception as e:  # noqa: BLE001
-                log.exception("writing tiny models failed")
-                result["error"] = e
-            finally:
-                done.set()
-        threading.Thread(target=work, daemon=True).start()
-        done.wait()
-        if "error" in result:
-            yield (common.message_html("error", f"Could not write the tiny models: {result['error']}",
-                                       "check that the models folder is writable"),) + (gr.skip(),) * (n_out - 1)
-            return
-        yield (common.message_html("ok", f"Tiny demo models written to {target}. Pick one and press "
-                                   "Generate."),) + self.rescan()
-
-    def download(self, model_id):
-        spec = common.spec_or_none(model_id)
-        if spec is None:
-            yield (common.message_html("error", "Choose a model to download."),) + (gr.skip(),) * 7
-            return
-        from wan_app.checkpoints import download_missing
-        msgs: list[str] = []
-        result: dict = {}
-
-        def work():
-            try:
-                result["paths"] = download_missing(spec, self.ctx.models_dir,
-                                                   lambda name, i, n: msgs.append(f"file {i + 1}/{n}: {name}"))
-            except UserError as e:
-                result["error"] = e
-            except Exception as e:  # noqa: BLE001
-                result["error"] = UserError("download", f"{type(e).__name__}: {e}", "")
-        t = threading.Thread(target=work, daemon=True)
-        t.start()
-        shown = 0
-        while t.is_alive():
-            t.join(1.0)
-            if len(msgs) != shown:
-                shown = len(msgs)
-                yield (common.message_html("info", f"Downloading {spec.name}: {msgs[-1]}…"),) + (gr.skip(),) * 7
-        if "error" in result:
-            e = result["error"]
-            yield (common.message_html("error", e.problem, e.fix),) + (gr.skip(),) * 7
-            return
-        yield (common.message_html("ok", f"{spec.name}: {len(result['paths'])} file(s) downloaded."),) + self.rescan()
+    def load_outputs(self) -> list:
+        return list(dict.fromkeys([*self.rescan_outputs(), self.prompt, self.negative, self.solver,
+                                   self.seed_mode, self.seed, self.gallery, self.gallery_paths]))
 
 
 def metadata_text(meta: dict) -> str:
     return json.dumps(meta, indent=2, ensure_ascii=False)
+
+
+__all__ = ["T2VTab", "metadata_text", "Path"]
