@@ -400,3 +400,15 @@ def test_a_converted_checkpoint_is_counted_in_ram_for_the_whole_run():
     converted = plan(hw, M13, 832, 480, 81, disk=DiskWeights(dit="fp16"))
     assert (same.weight_dtype, converted.weight_dtype) == ("bf16", "bf16")
     assert converted.est_ram_gb - same.est_ram_gb == pytest.approx(2.84, abs=0.15)
+
+
+def test_fp8_plans_say_which_matmul_runs_from_the_probe():
+    ada = plan(Hardware.simulated(12, 64, cc=(8, 9)), M14, 832, 480, 81)
+    ampere = plan(Hardware.simulated(12, 64, cc=(8, 6)), M14, 832, 480, 81)
+    assert ada.weight_dtype == ampere.weight_dtype == "fp8"
+    assert ada.fp8_matmul and any("torch._scaled_mm runs" in r for r in ada.reasons)
+    assert not ampere.fp8_matmul and any("fp8 saves memory, not time" in r for r in ampere.reasons)
+    # a GPU whose probe failed at start (e.g. an old driver) is planned with the upcast, whatever its cc
+    hw = Hardware.simulated(12, 64, cc=(9, 0))
+    hw.gpus[0].scaled_mm = False
+    assert not plan(hw, M14, 832, 480, 81).fp8_matmul

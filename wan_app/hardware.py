@@ -26,6 +26,10 @@ class GPU:
     compute_capability: tuple[int, int]
     bf16: bool = False      # native bf16 math: Ampere (cc 8.0) and newer
     fp8: bool = False       # fast fp8 matmul: Ada / Hopper (cc 8.9) and newer
+    # torch._scaled_mm ran here (probed at start, like the attention kernels); None: not probed (a
+    # simulated machine), taken to follow `fp8`
+    scaled_mm: bool | None = None
+    scaled_mm_why: str = ""
 
     @classmethod
     def from_cc(cls, name: str, total_gb: float, free_gb: float, cc: tuple[int, int]) -> "GPU":
@@ -178,6 +182,11 @@ def detect(probes: dict[str, Callable[[str], None]] | None = None) -> Hardware:
                   cpu_count=os.cpu_count() or 1)
     ok, failures = probe_attention(hw.device, probes) if probes is not None else _cached_probe(hw.device)
     hw.attention, hw.attention_failures = list(ok), dict(failures)
+    if gpus and probes is None:
+        from .fp8_matmul import choose_fp8_path
+        for i, g in enumerate(gpus):
+            path, g.scaled_mm_why = choose_fp8_path(f"cuda:{i}")
+            g.scaled_mm = path == "scaled_mm"
     return hw
 
 

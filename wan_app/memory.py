@@ -119,6 +119,9 @@ class _Transformer:
         _cast_params(model, storage, keep)
         if plan.weight_dtype == "fp8":
             store_fp8_scaled(model)
+            if plan.fp8_matmul:
+                from .fp8_matmul import enable_scaled_mm
+                enable_scaled_mm(model, notify, device)
         elif storage != compute:
             self._upcast = upcast_on_forward(model, compute)
         self.swapper = BlockSwapper(model, model.blocks, plan.blocks_swapped, device, swap_mode, notify).install()

@@ -85,6 +85,7 @@ class Plan:
     est_ram_gb: float = 0.0           # estimated peak anonymous RAM (must fit: it cannot be dropped)
     est_file_gb: float = 0.0          # memory-mapped weight files (page cache the kernel may drop and re-read)
     cfg_passes: int = 2               # forwards per step: 1 at CFG scale 1 (no negative prompt), else 2
+    fp8_matmul: bool = False          # fp8 weights multiply in fp8 (torch._scaled_mm) instead of an upcast
     step_cache: str = "off"           # what the step cache will skip (wan_app.stepcache summary), or "off"
     vram_budget_gb: float = 0.0       # what the plan may fill: GPU memory after the safety margin
     ram_budget_gb: float = 0.0        # RAM after what the system uses and a margin

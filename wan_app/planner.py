@@ -45,6 +45,7 @@ class _Machine:
     ram_total: float
     ram_budget: float
     compute: str              # bf16 / fp16 / fp32
+    scaled_mm: bool           # fp8 matmul (torch._scaled_mm) runs here
     gpu_name: str
     cc: tuple[int, int] | None
     extra_gpus: int
@@ -77,13 +78,14 @@ def _machine(hw: Hardware) -> _Machine:
         margin = max(VRAM_MARGIN_MIN_GB, VRAM_MARGIN_FRACTION * g.total_gb)
         return _Machine("cuda", "cuda:0", g.total_gb, max(0.0, min(g.total_gb, g.free_gb) - margin), margin,
                         compute="bf16" if g.bf16 else "fp16", gpu_name=g.name,
+                        scaled_mm=g.fp8 if g.scaled_mm is None else g.scaled_mm,
                         cc=g.compute_capability, extra_gpus=len(hw.gpus) - 1, **common)
     if hw.mps:
         margin = max(VRAM_MARGIN_MIN_GB, VRAM_MARGIN_FRACTION * hw.ram_total_gb)
         budget = min(MPS_WORKING_SET_FRACTION * hw.ram_total_gb, ram_budget - RAM_BASE_GB["mps"])
-        return _Machine("mps", "mps", hw.ram_total_gb, max(0.0, budget), margin, compute="bf16",
+        return _Machine("mps", "mps", hw.ram_total_gb, max(0.0, budget), margin, compute="bf16", scaled_mm=False,
                         gpu_name="Apple GPU (MPS)", cc=None, extra_gpus=0, **common)
-    return _Machine("cpu", "cpu", 0.0, 0.0, 0.0, compute="fp32", gpu_name="CPU", cc=None,
+    return _Machine("cpu", "cpu", 0.0, 0.0, 0.0, compute="fp32", scaled_mm=False, gpu_name="CPU", cc=None,
                     extra_gpus=0, **common)
 
 
@@ -482,6 +484,7 @@ def plan(hw: Hardware, spec: ModelSpec, width: int, height: int, frames: int,
         experts_resident=c.experts, cfg_batched=c.cfg_batched,
         est_vram_gb=_up(e.peak_dev) if m.kind != "cpu" else 0.0, est_ram_gb=_up(e.peak_host),
         est_file_gb=_up(e.file), cfg_passes=cfg_passes, step_cache=step_cache,
+        fp8_matmul=c.weight_dtype == "fp8" and m.scaled_mm,
         vram_budget_gb=_round(m.vram_budget), ram_budget_gb=_round(m.ram_budget),
         forced=list(forced), text_encoder_kept=c.te_kept, blocker=blocker)
     p.reasons = _reasons(p, m, spec, width, height, frames, e, disk, sol.sequential_copies)
@@ -566,7 +569,10 @@ def _reasons(p: Plan, m: _Machine, spec, w, h, frames, e: _Est, disk: DiskWeight
     else:
         r.append(f"{what} in {wd} is {_gb(mg)}" + ("; it fits on the card whole" if m.kind != "cpu" and k == 0
                                                    else "; held in RAM" if m.kind == "cpu" else ""))
-    if wd == "fp8":
+    if wd == "fp8" and p.fp8_matmul:
+        r.append(f"fp8 weights multiply in fp8 with their scales (torch._scaled_mm runs on this GPU), the "
+                 f"activations quantized per tensor; the result in {m.compute}")
+    elif wd == "fp8":
         r.append(f"fp8 weights are upcast to {m.compute} one layer at a time: fp8 saves memory, not time")
     if e.converted:
         r.append(f"The files are {disk.dit}: loading converts them to {wd}, {_gb(e.converted)} of RAM that "
