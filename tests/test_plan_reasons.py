@@ -15,10 +15,10 @@ from wan_app.hardware import Hardware
 from wan_app.plan_types import DiskWeights, Overrides
 from wan_app.planner import plan, replan_after_oom
 
-M13, M14, A14, M5 = (MODELS[k] for k in ("wan2.1-t2v-1.3b", "wan2.1-t2v-14b", "wan2.2-t2v-a14b",
-                                          "wan2.2-ti2v-5b"))
+M13, M14, A14, M5, I2V = (MODELS[k] for k in ("wan2.1-t2v-1.3b", "wan2.1-t2v-14b", "wan2.2-t2v-a14b",
+                                               "wan2.2-ti2v-5b", "wan2.1-i2v-14b-480p"))
 SIZES = {M13.id: [(832, 480)], M14.id: [(832, 480), (1280, 720)], A14.id: [(832, 480), (1280, 720)],
-         M5.id: [(1280, 704)]}
+         M5.id: [(1280, 704)], I2V.id: [(832, 464)]}
 MACHINES = [Hardware.simulated(v, r) for v, r in itertools.product((6, 8, 12, 16, 24, 48, 80), (16, 32, 64, 128))]
 MACHINES += [Hardware.simulated(None, r) for r in (16, 32, 64)]
 MACHINES += [Hardware.simulated(None, r, mps=True) for r in (32, 128)]
@@ -69,7 +69,7 @@ def check_reasons_match(p) -> int:
 
 # Every machine × model × size, with the file formats and CFG pass counts rotating through the rows (the
 # full cross product is 3× longer and finds nothing more).
-_ROWS = [(hw, spec, size) for hw in MACHINES for spec in (M13, M14, A14, M5) for size in SIZES[spec.id]]
+_ROWS = [(hw, spec, size) for hw in MACHINES for spec in (M13, M14, A14, M5, I2V) for size in SIZES[spec.id]]
 CASES = [(hw, spec, size, DISKS[i % len(DISKS)], 1 + (i // len(DISKS)) % 2) for i, (hw, spec, size)
          in enumerate(_ROWS)] + [(hw, spec, size, DiskWeights(dit="fp8"), 2) for hw, spec, size in _ROWS[::7]]
 

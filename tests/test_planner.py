@@ -412,3 +412,13 @@ def test_fp8_plans_say_which_matmul_runs_from_the_probe():
     hw = Hardware.simulated(12, 64, cc=(9, 0))
     hw.gpus[0].scaled_mm = False
     assert not plan(hw, M14, 832, 480, 81).fp8_matmul
+
+
+def test_i2v_14b_counts_its_image_attention_weights_and_the_clip_encoder():
+    """Wan2.1 I2V blocks carry k_img / v_img (2·5120² each block): 16.4 B params against T2V's 14.3 B; the
+    fp32 CLIP ViT-H (0.632 B params, 2.5 GB) lives in RAM and encodes on the device before sampling."""
+    i2v = MODELS["wan2.1-i2v-14b-480p"]
+    assert sizes.total_params(i2v.arch, i2v.clip) / 1e9 == pytest.approx(16.4, abs=0.05)
+    hw = Hardware.simulated(24, 64)
+    p, q = plan(hw, i2v, 832, 480, 81), plan(hw, M14, 832, 480, 81)
+    assert p.est_ram_gb - q.est_ram_gb == pytest.approx(2.53, abs=0.1)

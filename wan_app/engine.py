@@ -70,7 +70,9 @@ class Engine:
         if isinstance(job, LongRequest):
             base, _, _, windows = long_layout(self, job, overrides, files_required, runnable=False)
             job = replace(base, frames=max(windows) if windows else 1)
-        return self._plan_clip(job, overrides, runnable=False, files_required=files_required)[0]
+        # A plan needs no image: without one it is made at the request's (or the model's) size.
+        return self._plan_clip(job, overrides, runnable=False, files_required=files_required,
+                               image_from_video=job.image is None)[0]
 
     def _plan_clip(self, req: Request, overrides: Overrides | None, runnable: bool = True,
                    files_required: bool = True, image_from_video: bool = False):

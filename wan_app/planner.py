@@ -27,7 +27,7 @@ from .sizes import (
     COMPUTE_BYTES, DEVICE_CONTEXT_GB, ESTIMATE_NOTE, FP8_UPCAST_LINEARS_IN_FLIGHT, MAX_FRAMES_CONSIDERED,
     MPS_WORKING_SET_FRACTION, RAM_BASE_GB, RAM_MARGIN_FRACTION, RAM_MARGIN_MIN_GB, RAM_SYSTEM_FRACTION,
     SWAP_BUFFERS, TEXT_ENCODER_WORK_GB, VRAM_MARGIN_FRACTION, VRAM_MARGIN_MIN_GB, WEIGHT_BYTES, activation_gb,
-    block_gb, dit_anon_small_gb, model_gb, nonblock_gb, text_encoder_anon_gb, text_encoder_gb, total_params,
+    block_gb, clip_vision_gb, dit_anon_small_gb, model_gb, nonblock_gb, text_encoder_anon_gb, text_encoder_gb, total_params,
     vae_decode_gb, vae_weights_gb, video_host_gb,
 )
 
@@ -142,7 +142,7 @@ def _sample_dev(m: _Machine, spec: ModelSpec, c: _Choice, act: float, disk: Disk
     activations."""
     a, wd, k = spec.arch, c.weight_dtype, c.blocks_swapped
     lora, lora_block = _lora_gb(m, disk)
-    bb = block_gb(a, wd) + lora_block
+    bb = block_gb(a, wd, spec.clip) + lora_block
     upcast = 0.0
     if wd == "fp8" or WEIGHT_BYTES[wd] < COMPUTE_BYTES.get(m.compute, 2):
         upcast = FP8_UPCAST_LINEARS_IN_FLIGHT * a.dim * a.ffn_dim * COMPUTE_BYTES[m.compute] / GB
@@ -163,7 +163,7 @@ def _estimate(m: _Machine, spec: ModelSpec, w: int, h: int, frames: int, c: _Cho
     act = _act(m, spec, tokens, c.attention, c.cfg_batched)
     two = spec.experts == 2
     experts_loaded = 2 if two and c.experts == "both" else 1
-    mg = model_gb(a, c.weight_dtype)
+    mg = model_gb(a, c.weight_dtype, spec.clip)
     # A file in the storage dtype stays memory-mapped (file-backed); any other is converted into an
     # anonymous copy that stays all run long as the weights' CPU home (wan_app.memory._Homes). Unknown
     # files (a simulated machine) are taken to be in the storage dtype, as a matching download would be.
@@ -175,7 +175,8 @@ def _estimate(m: _Machine, spec: ModelSpec, w: int, h: int, frames: int, c: _Cho
     te_anon = text_encoder_anon_gb(c.te_dtype, disk.text_encoder, spec)
     te_file = text_encoder_gb(c.te_dtype, spec) - te_anon if disk.text_encoder in (None, c.te_dtype) else 0.0
     te_kept = te_anon if c.te_kept else 0.0
-    base = RAM_BASE_GB[m.kind] + vae_weights_gb(spec)         # the fp32 VAE lives in RAM between uses
+    # the fp32 VAE (and CLIP for Wan2.1 I2V) live in RAM between uses
+    base = RAM_BASE_GB[m.kind] + vae_weights_gb(spec) + clip_vision_gb(spec)
     video = video_host_gb(w, h, frames)
     vae_dev = vae_decode_gb(spec, w, h, frames, c.tiling)
     file = dit_file + te_file
@@ -190,10 +191,11 @@ def _estimate(m: _Machine, spec: ModelSpec, w: int, h: int, frames: int, c: _Cho
         return _Est({}, host, file, act, tokens, experts_loaded * mg if converting else 0.0,
                     cache={"encode": te_file, "sample": active})
     ctx = DEVICE_CONTEXT_GB[m.kind]
-    dev = {"encode": ctx + max(te_anon + te_file + TEXT_ENCODER_WORK_GB if c.te_on_device else 0.0, vae_dev),
+    dev = {"encode": ctx + max(te_anon + te_file + TEXT_ENCODER_WORK_GB if c.te_on_device else 0.0, vae_dev,
+                               clip_vision_gb(spec)),
            "sample": _sample_dev(m, spec, c, act, disk),
            "decode": ctx + vae_dev}
-    bb = block_gb(a, c.weight_dtype) + _lora_gb(m, disk)[1]
+    bb = block_gb(a, c.weight_dtype, spec.clip) + _lora_gb(m, disk)[1]
     if m.kind == "cuda":
         # Swapped blocks are copied into pinned (page-locked, anonymous) memory; a converted copy is
         # replaced by its pinned one, a memory-mapped block is not.
@@ -527,7 +529,7 @@ def _gb(x: float) -> str:
 
 
 def _size_word(spec: ModelSpec) -> str:
-    p = total_params(spec.arch)
+    p = total_params(spec.arch, spec.clip)
     return f"{p / 1e9:.1f}B" if p >= 1e9 else f"{p / 1e6:.0f}M" if p >= 1e6 else f"{p / 1e3:.0f}K"
 
 
@@ -552,7 +554,7 @@ def _reasons(p: Plan, m: _Machine, spec, w, h, frames, e: _Est, disk: DiskWeight
 
     wd = p.weight_dtype
     half = "bf16" if m.kind == "cpu" else m.half
-    mg_half, mg = model_gb(a, half), model_gb(a, wd)
+    mg_half, mg = model_gb(a, half, spec.clip), model_gb(a, wd, spec.clip)
     what = f"{spec.name}: {_size_word(spec)} params" + (" per expert" if spec.experts == 2 else "") + ","
     swapped = f"{k} of {n} blocks swapped"
     if "weight_dtype" in forced:
@@ -564,7 +566,7 @@ def _reasons(p: Plan, m: _Machine, spec, w, h, frames, e: _Est, disk: DiskWeight
         r.append(f"{what} in {half} is {_gb(mg_half)}; it does not fit this machine whole → fp8 ({_gb(mg)})"
                  + (f", {swapped}" if m.kind == "cuda" else ""))
     elif m.kind == "cpu" and wd != "fp32":
-        r.append(f"{what} in fp32 would be {_gb(model_gb(a, 'fp32'))} of RAM → kept in {wd} ({_gb(mg)}) and "
+        r.append(f"{what} in fp32 would be {_gb(model_gb(a, 'fp32', spec.clip))} of RAM → kept in {wd} ({_gb(mg)}) and "
                  f"upcast one layer at a time")
     else:
         r.append(f"{what} in {wd} is {_gb(mg)}" + ("; it fits on the card whole" if m.kind != "cpu" and k == 0
@@ -587,7 +589,7 @@ def _reasons(p: Plan, m: _Machine, spec, w, h, frames, e: _Est, disk: DiskWeight
                  f"weights); each block carries its own {lora_block * 1000:.0f} MB, also across the bus when "
                  f"swapped (counted in every estimate)")
     if m.kind == "cuda":
-        bb = block_gb(a, wd) + lora_block
+        bb = block_gb(a, wd, spec.clip) + lora_block
         fixed = DEVICE_CONTEXT_GB["cuda"] + nonblock_gb(a, wd)
         if k == 0:
             r.append(f"All {n} blocks resident ({_gb(n * bb)}){tag('blocks_swapped')}: CUDA context + "

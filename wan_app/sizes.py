@@ -99,7 +99,7 @@ ESTIMATE_NOTE = ("These are estimates from tensor shapes; bench/swap_bench.py me
 # ===================================================================================================
 # Sizes counted from the shapes
 # ===================================================================================================
-def block_params(arch: Arch) -> tuple[int, int]:
+def block_params(arch: Arch, image_kv: bool = False) -> tuple[int, int]:
     """(linear weight params, small params) of one transformer block.
 
     Linear: self-attn q,k,v,o (d² each) + cross-attn q,k,v,o (d² each: text is already d wide after
@@ -108,7 +108,10 @@ def block_params(arch: Arch) -> tuple[int, int]:
     14B: 8·5120² + 2·5120·13824 = 351.3 M → 335 MiB in fp8 (WAN_FACTS ≈ 335 MiB).
     """
     d, f = arch.dim, arch.ffn_dim
-    return 8 * d * d + 2 * d * f, 21 * d + f
+    # Wan2.1 I2V / FLF2V blocks also attend to the CLIP tokens with their own key and value (k_img, v_img:
+    # d² each, + biases and norm_k_img): 16.4 B params for I2V 14B against 14.3 B for T2V.
+    extra_lin, extra_small = (2 * d * d, 3 * d) if image_kv else (0, 0)
+    return 8 * d * d + 2 * d * f + extra_lin, 21 * d + f + extra_small
 
 
 def nonblock_params(arch: Arch) -> int:
@@ -122,13 +125,13 @@ def nonblock_params(arch: Arch) -> int:
             + d * arch.out_channels * PATCH_VOLUME + arch.out_channels * PATCH_VOLUME + 2 * d)
 
 
-def total_params(arch: Arch) -> int:
-    lin, small = block_params(arch)
+def total_params(arch: Arch, image_kv: bool = False) -> int:
+    lin, small = block_params(arch, image_kv)
     return arch.num_layers * (lin + small) + nonblock_params(arch)
 
 
-def block_gb(arch: Arch, dtype: str) -> float:
-    lin, small = block_params(arch)
+def block_gb(arch: Arch, dtype: str, image_kv: bool = False) -> float:
+    lin, small = block_params(arch, image_kv)
     small_bytes = 4 if dtype == "fp32" else 2
     return (lin * WEIGHT_BYTES[dtype] + small * small_bytes) / GB
 
@@ -137,9 +140,9 @@ def nonblock_gb(arch: Arch, dtype: str) -> float:
     return nonblock_params(arch) * WEIGHT_BYTES[dtype] / GB
 
 
-def model_gb(arch: Arch, dtype: str) -> float:
+def model_gb(arch: Arch, dtype: str, image_kv: bool = False) -> float:
     """One expert's DiT weights in this storage dtype."""
-    return arch.num_layers * block_gb(arch, dtype) + nonblock_gb(arch, dtype)
+    return arch.num_layers * block_gb(arch, dtype, image_kv) + nonblock_gb(arch, dtype)
 
 
 def activation_gb(spec: ModelSpec, tokens: int, compute: str, efficient_attention: bool,
@@ -192,6 +195,17 @@ def dit_anon_small_gb(arch: Arch, storage: str, compute: str, spec: ModelSpec | 
     d = arch.dim
     time_embedder = FREQ_DIM * d + d * d + 2 * d
     return (time_embedder + arch.num_layers * 12 * d) * 4 / GB
+
+
+# The CLIP ViT-H/14 vision tower of Wan2.1 I2V / FLF2V (32 blocks of width 1280: 0.632 B params), loaded in
+# fp32 (wan_app.checkpoints.clip_vision); it encodes the image before sampling and leaves the device.
+CLIP_VISION_PARAMS = 0.632e9
+
+
+def clip_vision_gb(spec: ModelSpec) -> float:
+    if not spec.clip:
+        return 0.0
+    return TINY_COMPONENT_GB if spec.tiny else CLIP_VISION_PARAMS * 4 / GB
 
 
 def vae_weights_gb(spec: ModelSpec) -> float:
