@@ -9,8 +9,12 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def tiny_root(tmp_path_factory):
     """Every tiny layout written once: {layout name: LayoutInfo(model_id, path, dtype)}."""
-    from wan_app import tiny
-    return tiny.build_all(tmp_path_factory.mktemp("tiny_models"), i2v=True)
+    from wan_app import tiny, tiny_gguf
+    root = tmp_path_factory.mktemp("tiny_models")
+    layouts = tiny.build_all(root, i2v=True)
+    layouts.update({name: tiny.LayoutInfo(model_id, path, "gguf")
+                    for name, (model_id, path, _qtype) in tiny_gguf.write_layouts(root).items()})
+    return layouts
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ LAYOUTS = ["diffusers-t2v", "diffusers-a14b", "diffusers-ti2v", "official-t2v", 
            "comfyui-ti2v"]
 I2V_LAYOUTS = [f"{kind}-{tag}" for tag in ("i2v", "i2v-a14b", "flf2v") for kind in ("diffusers", "official")] + [
     "comfyui-i2v-fp8-scaled", "comfyui-i2v-a14b-fp8-scaled", "comfyui-flf2v"]
+GGUF_LAYOUTS = ["comfyui-gguf-q8_0", "comfyui-gguf-q4_k", "comfyui-a14b-gguf-q8_0"]
 
 
 @pytest.fixture(scope="module")
@@ -27,10 +28,10 @@ def max_rel_err(module, ref) -> float:
 
 
 def test_build_all_writes_every_layout(tiny_root):
-    assert sorted(tiny_root) == sorted(LAYOUTS + I2V_LAYOUTS)
+    assert sorted(tiny_root) == sorted(LAYOUTS + I2V_LAYOUTS + GGUF_LAYOUTS)
 
 
-@pytest.mark.parametrize("layout", LAYOUTS + I2V_LAYOUTS)
+@pytest.mark.parametrize("layout", LAYOUTS + I2V_LAYOUTS + GGUF_LAYOUTS)
 def test_layout_scans_to_its_model_and_is_runnable(tiny_root, layout):
     info = tiny_root[layout]
     inv = scan([info.path])

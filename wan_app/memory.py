@@ -115,7 +115,8 @@ class _Transformer:
         self.model = model
         compute = TORCH_DTYPES[plan.compute_dtype]
         keep = list(getattr(model, "_keep_in_fp32_modules", None) or [])
-        storage = compute if plan.weight_dtype == "fp8" else TORCH_DTYPES[plan.weight_dtype]
+        # fp8 and GGUF keep their linears as stored (upcast / dequantized per layer); the rest computes as is
+        storage = compute if plan.weight_dtype in ("fp8", "gguf") else TORCH_DTYPES[plan.weight_dtype]
         _cast_params(model, storage, keep)
         if plan.weight_dtype == "fp8":
             store_fp8_scaled(model)
@@ -301,7 +302,7 @@ def apply_plan(plan: Plan, components, notify: Callable[[str], None] = print,
 def _check(plan: Plan, components, load_expert) -> None:
     if plan.compute_dtype not in TORCH_DTYPES:
         raise UserError("compute_dtype", f"{plan.compute_dtype!r} is not a compute dtype", "use bf16, fp16 or fp32")
-    if plan.weight_dtype not in (*TORCH_DTYPES, "fp8"):
+    if plan.weight_dtype not in (*TORCH_DTYPES, "fp8", "gguf"):
         raise UserError("weight_dtype", f"{plan.weight_dtype!r} is unknown", "use fp32, bf16, fp16 or fp8")
     n = len(components.transformer.blocks) if components.transformer is not None else plan.blocks_total
     if not 0 <= plan.blocks_swapped <= n:

@@ -42,6 +42,8 @@ class DiskWeights:
     text_encoder_bytes: int = 0
     lora_bytes: int = 0                   # LoRA tensors attached to one expert, at 2 bytes an element
     lora_block_bytes: int = 0             # of which inside one block (a swap slot carries them)
+    gguf_block_bytes: int = 0             # a GGUF DiT: the largest block's bytes in the file
+    gguf_nonblock_bytes: int = 0          # and everything outside the blocks
 
     def __post_init__(self):
         object.__setattr__(self, "dit", _norm_dtype(self.dit))
@@ -61,10 +63,16 @@ class DiskWeights:
         block = max((sum(f.block_bytes(2) for f in fs) for fs in per.values()), default=0)
         if files is None:
             return cls(lora_bytes=total, lora_block_bytes=block)
+        gguf = {}
+        if files.transformer.dtype == "gguf":
+            # exact bytes from the file's header (what block swap moves and the device holds)
+            from .checkpoints.gguf import gguf_sizes, read_gguf_header
+            sz = gguf_sizes(read_gguf_header(files.transformer.path))
+            gguf = dict(gguf_block_bytes=max(sz.blocks, default=0), gguf_nonblock_bytes=sz.nonblock)
         return cls(dit=files.transformer.dtype, text_encoder=te.dtype if te is not None else None,
                    dit_bytes=int(files.transformer.nbytes or 0),
                    text_encoder_bytes=int(te.nbytes or 0) if te is not None else 0,
-                   lora_bytes=total, lora_block_bytes=block)
+                   lora_bytes=total, lora_block_bytes=block, **gguf)
 
 
 @dataclass

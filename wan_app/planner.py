@@ -128,6 +128,23 @@ def _efficient(m: _Machine, attention: str) -> bool:
     return attention in ("sage", "flash") or m.efficient_sdpa
 
 
+def _block_gb(spec: ModelSpec, wd: str, disk: DiskWeights | None) -> float:
+    """One block's weights in storage dtype `wd`; a GGUF file's blocks as the file stores them."""
+    if wd == "gguf":
+        return (disk.gguf_block_bytes if disk else 0) / GB
+    return block_gb(spec.arch, wd, spec.clip)
+
+
+def _nonblock_gb(spec: ModelSpec, wd: str, disk: DiskWeights | None) -> float:
+    if wd == "gguf":
+        return (disk.gguf_nonblock_bytes if disk else 0) / GB
+    return nonblock_gb(spec.arch, wd)
+
+
+def _model_gb(spec: ModelSpec, wd: str, disk: DiskWeights | None) -> float:
+    return spec.arch.num_layers * _block_gb(spec, wd, disk) + _nonblock_gb(spec, wd, disk)
+
+
 def _lora_gb(m: _Machine, disk: DiskWeights | None) -> tuple[float, float]:
     """(all LoRA tensors of one expert, those in one block) in GB, stored in the compute dtype."""
     if disk is None or not disk.lora_bytes:
@@ -142,12 +159,13 @@ def _sample_dev(m: _Machine, spec: ModelSpec, c: _Choice, act: float, disk: Disk
     activations."""
     a, wd, k = spec.arch, c.weight_dtype, c.blocks_swapped
     lora, lora_block = _lora_gb(m, disk)
-    bb = block_gb(a, wd, spec.clip) + lora_block
+    bb = _block_gb(spec, wd, disk) + lora_block
     upcast = 0.0
-    if wd == "fp8" or WEIGHT_BYTES[wd] < COMPUTE_BYTES.get(m.compute, 2):
+    # fp8 and GGUF weights are upcast / dequantized one linear at a time; so are 16-bit on a CPU
+    if wd in ("fp8", "gguf") or WEIGHT_BYTES[wd] < COMPUTE_BYTES.get(m.compute, 2):
         upcast = FP8_UPCAST_LINEARS_IN_FLIGHT * a.dim * a.ffn_dim * COMPUTE_BYTES[m.compute] / GB
     lora_rest = lora - a.num_layers * lora_block            # LoRA tensors outside the blocks (the head...)
-    return (DEVICE_CONTEXT_GB[m.kind] + nonblock_gb(a, wd) + lora_rest + (a.num_layers - k) * bb
+    return (DEVICE_CONTEXT_GB[m.kind] + _nonblock_gb(spec, wd, disk) + lora_rest + (a.num_layers - k) * bb
             + (SWAP_BUFFERS * bb if k > 0 else 0.0) + upcast + act)
 
 
@@ -163,7 +181,7 @@ def _estimate(m: _Machine, spec: ModelSpec, w: int, h: int, frames: int, c: _Cho
     act = _act(m, spec, tokens, c.attention, c.cfg_batched)
     two = spec.experts == 2
     experts_loaded = 2 if two and c.experts == "both" else 1
-    mg = model_gb(a, c.weight_dtype, spec.clip)
+    mg = _model_gb(spec, c.weight_dtype, disk)
     # A file in the storage dtype stays memory-mapped (file-backed); any other is converted into an
     # anonymous copy that stays all run long as the weights' CPU home (wan_app.memory._Homes). Unknown
     # files (a simulated machine) are taken to be in the storage dtype, as a matching download would be.
@@ -182,8 +200,8 @@ def _estimate(m: _Machine, spec: ModelSpec, w: int, h: int, frames: int, c: _Cho
     file = dit_file + te_file
     if m.kind == "cpu":
         # Everything runs in RAM; "one" expert means the other is read from its file at the switch.
-        sample = _sample_dev(m, spec, c, act, disk) - nonblock_gb(a, c.weight_dtype) - a.num_layers * block_gb(
-            a, c.weight_dtype) - lora           # the weights and LoRAs themselves are counted above (dit_*)
+        sample = _sample_dev(m, spec, c, act, disk) - _model_gb(spec, c.weight_dtype, disk) \
+            - lora           # the weights and LoRAs themselves are counted above (dit_*)
         host = {"encode": base + dit_anon + max(te_kept, te_anon + TEXT_ENCODER_WORK_GB),
                 "sample": base + dit_anon + te_kept + sample,
                 "decode": base + dit_anon + te_kept + vae_dev + video}
@@ -195,7 +213,7 @@ def _estimate(m: _Machine, spec: ModelSpec, w: int, h: int, frames: int, c: _Cho
                                clip_vision_gb(spec)),
            "sample": _sample_dev(m, spec, c, act, disk),
            "decode": ctx + vae_dev}
-    bb = block_gb(a, c.weight_dtype, spec.clip) + _lora_gb(m, disk)[1]
+    bb = _block_gb(spec, c.weight_dtype, disk) + _lora_gb(m, disk)[1]
     if m.kind == "cuda":
         # Swapped blocks are copied into pinned (page-locked, anonymous) memory; a converted copy is
         # replaced by its pinned one, a memory-mapped block is not.
@@ -271,8 +289,8 @@ def _dtype_candidates(m: _Machine, ov: Overrides, disk: DiskWeights) -> list[str
         return [ov.weight_dtype]
     if m.kind == "mps":
         return ["bf16"]                      # MPS has no float8 tensors
-    if disk.dit == "fp8":
-        return ["fp8"]                       # a 16-bit copy of fp8 values adds memory, not quality
+    if disk.dit in ("fp8", "gguf"):
+        return [disk.dit]                    # a 16-bit copy of fp8 / GGUF values adds memory, not quality
     if m.kind == "cpu":
         # fp32 weights compute without a cast; a 16-bit file kept as it is stays memory-mapped (upcast per
         # layer), which is what lets a 5B fit where its fp32 copy (20 GB) cannot.
@@ -310,7 +328,7 @@ def _solve(m: _Machine, spec: ModelSpec, w: int, h: int, frames: int, ov: Overri
     last: _Solution | None = None
     # First a configuration whose weight files also stay in the page cache; failing that, the one with the
     # smallest files whose anonymous memory fits (it runs, re-reading weights from disk, and says so).
-    smallest_files = sorted(preferred, key=lambda d: WEIGHT_BYTES[d])
+    smallest_files = sorted(preferred, key=lambda d: WEIGHT_BYTES.get(d, 0))
     for cached, candidates in ((True, preferred), (False, smallest_files)):
         found = _search(m, spec, w, h, frames, ov, disk, passes, candidates, cached, attention, te_opts,
                         exp_opts, tile_opts, tokens)
@@ -554,11 +572,14 @@ def _reasons(p: Plan, m: _Machine, spec, w, h, frames, e: _Est, disk: DiskWeight
 
     wd = p.weight_dtype
     half = "bf16" if m.kind == "cpu" else m.half
-    mg_half, mg = model_gb(a, half, spec.clip), model_gb(a, wd, spec.clip)
+    mg_half, mg = model_gb(a, half, spec.clip), _model_gb(spec, wd, disk)
     what = f"{spec.name}: {_size_word(spec)} params" + (" per expert" if spec.experts == 2 else "") + ","
     swapped = f"{k} of {n} blocks swapped"
     if "weight_dtype" in forced:
         r.append(f"Weights in {wd} ({_gb(mg)}){tag('weight_dtype')}")
+    elif disk.dit == "gguf" and wd == "gguf":
+        r.append(f"Weights as the GGUF file stores them ({_gb(mg)}), dequantized one layer at a time to "
+                 f"{m.compute}; a {half} copy would be {_gb(mg_half)}")
     elif disk.dit == "fp8" and wd == "fp8":
         r.append(f"Weights in fp8 ({_gb(mg)}): the files are fp8, so a {half} copy ({_gb(mg_half)}) would "
                  f"cost memory and bring back no quality")
@@ -589,8 +610,8 @@ def _reasons(p: Plan, m: _Machine, spec, w, h, frames, e: _Est, disk: DiskWeight
                  f"weights); each block carries its own {lora_block * 1000:.0f} MB, also across the bus when "
                  f"swapped (counted in every estimate)")
     if m.kind == "cuda":
-        bb = block_gb(a, wd, spec.clip) + lora_block
-        fixed = DEVICE_CONTEXT_GB["cuda"] + nonblock_gb(a, wd)
+        bb = _block_gb(spec, wd, disk) + lora_block
+        fixed = DEVICE_CONTEXT_GB["cuda"] + _nonblock_gb(spec, wd, disk)
         if k == 0:
             r.append(f"All {n} blocks resident ({_gb(n * bb)}){tag('blocks_swapped')}: CUDA context + "
                      f"non-block weights {_gb(fixed)} + activations {_gb(e.act)} ({e.tokens:,} tokens) fit "

@@ -188,7 +188,7 @@ def dit_anon_small_gb(arch: Arch, storage: str, compute: str, spec: ModelSpec | 
     if spec is not None and spec.tiny:
         return 0.0
     lin, small = block_params(arch)
-    if storage == "fp8":
+    if storage in ("fp8", "gguf"):
         return (arch.num_layers * small + nonblock_params(arch)) * COMPUTE_BYTES[compute] / GB
     if storage == "fp32":
         return 0.0

@@ -193,10 +193,23 @@ def read_pth_header(path: Path) -> dict[str, TensorInfo]:
     return {k: TensorInfo(torch_dtype_name(v.dtype), tuple(v.shape)) for k, v in sd.items()}
 
 
+@dataclass(frozen=True)
+class GgufInfo(TensorInfo):
+    """A GGUF tensor: its dequantized shape, and the exact bytes its quantized blocks take in the file."""
+    size: int = 0
+
+    @property
+    def nbytes(self) -> int:
+        return self.size
+
+
 def read_header(path: Path) -> dict[str, TensorInfo]:
     path = Path(path)
     if path.suffix == ".safetensors":
         return read_safetensors_header(path)[0]
+    if path.suffix.lower() == ".gguf":
+        from .gguf import read_gguf_header
+        return {k: GgufInfo("GGUF", tuple(t.shape), t.nbytes) for k, t in read_gguf_header(path).items()}
     return read_pth_header(path)
 
 

@@ -49,6 +49,8 @@ def weight_dtype(infos: dict[str, TensorInfo]) -> str:
         by[t.dtype] = by.get(t.dtype, 0) + t.nbytes
     if not by:
         return "unknown"
+    if "GGUF" in by:
+        return "gguf"              # quantized per block (Q8_0, Q4_K, ...): a storage of its own
     # any fp8-stored weight makes it an fp8 file (ComfyUI keeps norms, biases and embeddings in fp16)
     if any(t.dtype.startswith("F8") and t.nbytes for t in infos.values()):
         return "fp8_scaled" if any(k.endswith(".scale_weight") for k in infos) else "fp8"

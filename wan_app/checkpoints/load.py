@@ -211,6 +211,9 @@ def build_transformer(found, spec: ModelSpec, dtype: torch.dtype = torch.float32
     the rest in `dtype`. storage_dtype=None builds every parameter in `dtype` (the older contract).
     """
     from diffusers import WanTransformer3DModel
+    if found.dtype == "gguf":
+        from .gguf import build_gguf_transformer
+        return build_gguf_transformer(found.path, spec.arch.head_dim, dtype)
     storage, fp8 = _storage(storage_dtype, dtype, fp8)
     keep = list(WanTransformer3DModel._keep_in_fp32_modules or []) if storage is not None else []
     want = lambda k: param_dtype(k, storage if storage is not None else dtype, keep)  # noqa: E731

@@ -21,9 +21,9 @@ from pathlib import Path
 
 from .headers import file_kind
 
-WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".ckpt")
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".ckpt", ".gguf")
 # Formats people keep next to Wan files that this app cannot read; said once per file instead of ignored.
-UNSUPPORTED_SUFFIXES = {".gguf": "GGUF quantized files are not supported yet (use a .safetensors file)"}
+UNSUPPORTED_SUFFIXES: dict[str, str] = {}
 SHARD = re.compile(r"^(.+)-\d{5}-of-\d{5}\.safetensors$")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "spiece.model")
 _VOCAB_FILES = ("tokenizer.json", "spiece.model")
