@@ -33,6 +33,7 @@ from wan_app.settings import Settings, load_settings  # noqa: E402
 from . import common, serving  # noqa: E402
 from .common import PRODUCT  # noqa: E402
 from .extend_tab import ExtendTab  # noqa: E402
+from .i2v_tab import I2VTab  # noqa: E402
 from .runs import Page  # noqa: E402
 from .settings_tab import SettingsTab  # noqa: E402
 from .t2v_tab import T2VTab  # noqa: E402
@@ -56,7 +57,7 @@ def build_app(engine, settings: Settings, settings_path: str | os.PathLike | Non
                             settings_notice=settings_notice, listen=listen, share=share,
                             policy=serving.Policy(engine.outputs_dir, temp_dir))
     with gr.Blocks(title=TITLE, delete_cache=DELETE_CACHE) as demo:
-        gr.Markdown(f"## {TITLE}\nText to video with Wan2.1 / Wan2.2, planned for this machine's memory.",
+        gr.Markdown(f"## {TITLE}\nText and image to video with Wan2.1 / Wan2.2, planned for this machine's memory.",
                     elem_id="wan-header")
         gr.HTML(f'<div class="wan-notice">{common.escape(settings_notice)}</div>' if settings_notice else "",
                 visible=bool(settings_notice), elem_id="wan-settings-notice")
@@ -64,11 +65,16 @@ def build_app(engine, settings: Settings, settings_path: str | os.PathLike | Non
         with gr.Tabs():
             with gr.Tab("Text to Video", id="t2v"):
                 t2v = T2VTab(ctx, page)
+            with gr.Tab("Image to Video", id="i2v"):
+                i2v = I2VTab(ctx, page)
             with gr.Tab("Extend", id="extend"):
                 ext = ExtendTab(ctx, page, t2v)
             with gr.Tab("Settings", id="settings"):
                 st = SettingsTab(ctx, page, t2v)
         page.wire()
+        for ev in t2v.model_list_events + st.model_list_events:
+            ev.then(i2v.sync_models, [i2v.model], i2v.sync_outputs(), show_progress="hidden",
+                    api_visibility="private")
         ext_outputs = []
         if ext.available:
             ext_outputs = ext.load_outputs()
@@ -86,11 +92,13 @@ def build_app(engine, settings: Settings, settings_path: str | os.PathLike | Non
             size = out.get(t2v.size, {}).get("value") if isinstance(out.get(t2v.size), dict) else None
             frames = out.get(t2v.frames, {}).get("value") if isinstance(out.get(t2v.frames), dict) else None
             out[st.plan] = st.plan_preview(model, size, frames, ov)
+            out.update(i2v.on_load(last, saved.overrides))
             if ext.available:
                 out.update(ext.on_load(last))
             return out
 
-        load_outputs = list(dict.fromkeys([*t2v.load_outputs(), *st.load_outputs(), st.plan, *ext_outputs]))
+        load_outputs = list(dict.fromkeys([*t2v.load_outputs(), *st.load_outputs(), st.plan, *i2v.load_outputs(),
+                                           *ext_outputs]))
         demo.load(on_load, [page.last], load_outputs, show_progress="hidden", api_visibility="private")
         def on_unload(request: gr.Request):
             ctx.jobs.forget(common.session_of(request))      # the tab closed: its jobs have no viewer
