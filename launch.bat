@@ -1,6 +1,6 @@
 @echo off
 rem One click: installs on first run (a few minutes), then starts the studio and opens the browser.
-rem Flags pass through: --port N --listen --share --auth user:pass --models-dir DIR --outputs-dir DIR
+rem Flags pass through: --port N --listen --share --auth-file FILE --models-dir DIR --outputs-dir DIR (python app.py --help)
 setlocal
 cd /d "%~dp0"
 set GRADIO_ANALYTICS_ENABLED=False

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One click: installs on first run (a few minutes), then starts the studio and opens the browser.
-# Flags pass through: --port N --listen --share --auth user:pass --models-dir DIR --outputs-dir DIR
+# Flags pass through: --port N --listen --share --auth-file FILE --models-dir DIR --outputs-dir DIR (python app.py --help)
 set -euo pipefail
 cd "$(dirname "$0")"
 bash scripts/install.sh app

@@ -2,6 +2,7 @@
 models on CPU: streaming previews, the A14B expert badge, Stop, cancel, the one-job-at-a-time queue."""
 from __future__ import annotations
 
+import html
 import json
 import re
 import time
@@ -154,7 +155,7 @@ def test_stop_ends_a_run_between_steps_and_the_page_stays_usable(app):
 
 def test_a_cancelled_api_job_never_writes_a_video(app):
     """gradio_client's Job.cancel() reaches the job: running, it stops at its next step; waiting in the
-    queue, it never starts."""
+    queue, it never starts; cancelled at once (before the queue answered), it never runs either."""
     c_run, c_wait = Client(app.url, verbose=False), Client(app.url, verbose=False)
     before = videos(app)
     running = c_run.submit(*args(steps=40, seed=11), api_name="/generate")
@@ -165,7 +166,11 @@ def test_a_cancelled_api_job_never_writes_a_video(app):
         time.sleep(0.05)
     waiting.cancel()
     running.cancel()
-    time.sleep(40 * STEP_DELAY + 3)                # longer than the whole run would have taken
+    for i in range(6):
+        job = Client(app.url, verbose=False).submit(*args(steps=12, seed=100 + i), api_name="/generate")
+        job.cancel()
+        time.sleep(0.3)
+    time.sleep(40 * STEP_DELAY + 3)                # longer than the first run would have taken
     assert videos(app) == before, "a cancelled job wrote a video"
     # the GPU is free again at once
     c = Client(app.url, verbose=False)
@@ -195,6 +200,16 @@ def test_a_bad_value_is_refused_naming_its_field_before_anything_is_queued(app):
         c.predict(*args(frames=7), api_name="/generate")
     assert "Frames: 7 is not of the form 4n+1" in str(e.value)
     assert videos(app) == before
+
+
+def test_a_prompt_longer_than_512_tokens_says_how_much_was_cut(app):
+    c = Client(app.url, verbose=False)
+    job = c.submit(*args(prompt="a red fox runs through fresh snow " * 200, steps=1), api_name="/generate")
+    job.result(timeout=120)
+    final = states(job.outputs())[-1]
+    assert attr(final[STATUS], "phase") == "done"
+    notice = html.unescape(re.sub(r"<[^>]+>", "", final[NOTICES] or ""))
+    assert re.search(r"The prompt is \d+ tokens longer than umT5.s 512", notice), notice
 
 
 def test_a_second_request_waits_in_the_queue_while_one_runs(app):

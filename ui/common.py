@@ -18,7 +18,7 @@ from wan_app.settings import Settings, validate as validate_settings
 
 from . import engine_api
 from .jobs import Jobs
-from .render import message_html, peak_text  # noqa: F401 - shared by the tabs
+from .render import peak_text
 from .serving import Policy
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ def model_status(engine, refresh: bool = False):
     are as they are now, read again where they changed. Models that need an input image are left out:
     these tabs make videos from text."""
     try:
-        inv = engine_api.inventory(engine, refresh=True) if refresh else engine_api.current_inventory(engine)
+        inv = engine_api.inventory(engine, refresh=refresh)
         statuses = inv.status()
     except Exception as e:  # noqa: BLE001 - an unreadable folder must not take the page down
         log.exception("scanning the models folders failed")

@@ -161,12 +161,14 @@ class ExtendTab:
         outputs = self.view.components
         self.runner = Runner("extend", self.go, "Generate long video", self.view,
                              ready=lambda: bool(self.t2v.ready_ids()))
+        # a stopped or failed job becomes resumable: the lists follow
+        lists = (self.refresh_lists, None, [self.jobs, self.from_output, self.resume_btn])
         page.add_runner(self.runner, self.stop_btn, self.inputs(), outputs, self.check, self.generate,
-                        api_name="extend")
+                        api_name="extend", after=lists)
         self.resume_runner = Runner("resume", self.resume_btn, "Resume this job", self.view,
                                     ready=lambda: bool(self.job_choices()))
         page.add_runner(self.resume_runner, self.stop_btn, {"job": self.jobs}, outputs, self.check_resume,
-                        self.resume, api_name="resume")
+                        self.resume, api_name="resume", after=lists)
         self.go.click(self.remember, [page.last, *self.inputs().values()], [page.last], queue=False,
                       show_progress="hidden", api_visibility="private")
         self.model.input(self.on_model, [self.model], [self.size], show_progress="hidden",
@@ -241,5 +243,5 @@ class ExtendTab:
             yield self.view.failed("Choose one of the unfinished jobs first.")
             return
         yield self.view.starting(False)
-        stream = engine_api.resume(self.ctx.engine, video, job.cancel, common.overrides_of(v.get("overrides")))
+        stream = engine_api.resume(self.ctx.engine, video, job.cancel)     # the journal has its settings
         yield from self.view.render(stream, False, serve=self.ctx.policy.video)

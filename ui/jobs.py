@@ -53,6 +53,9 @@ class Jobs:
         # Event ids Gradio was asked to cancel: a cancel can arrive after Gradio started the event but
         # before its handler claimed the job; the claim then sees it (kept a while, then dropped).
         self._cancelled_events: dict[str, float] = {}
+        # Sessions whose client cancelled before it knew its event id (gradio_client sends the cancel
+        # with event_id None when the queue has not answered yet): the job that starts next is that one.
+        self._cancelled_sessions: dict[str, float] = {}
 
     # ---- lifecycle ------------------------------------------------------------------------------
     def submit(self, session: str, kind: str) -> Job:
@@ -78,6 +81,9 @@ class Jobs:
             job.event_id = event_id
             if event_id and event_id in self._cancelled_events:
                 job.cancel.set()
+            marked = self._cancelled_sessions.pop(session, None)
+            if marked is not None and time.time() - marked < self.EARLY_CANCEL_S:
+                job.cancel.set()
             return job
 
     def finish(self, job: Job) -> None:
@@ -96,8 +102,12 @@ class Jobs:
                     j.state = "done"       # its turn will come and end at once; the session is free now
             return hit
 
+    EARLY_CANCEL_S = 10.0
+
     def cancel_event(self, session: str | None, event_id: str | None) -> bool:
-        """Gradio's cancel route: stop the job running for that event (or the session's queued job)."""
+        """Gradio's cancel route: stop the job running for that event. Without an event id (the client
+        cancelled before the queue answered it) it is the session's job: the one running or queued now,
+        or else the next one to start."""
         with self._lock:
             now = time.time()
             if event_id:
@@ -107,11 +117,15 @@ class Jobs:
                 if j.active and event_id and j.event_id == event_id:
                     j.cancel.set()
                     return True
-            queued = [j for j in self._jobs.values() if j.session == session and j.state == "queued"]
-            for j in queued:
+            mine = [j for j in self._jobs.values() if j.session == session and j.active
+                    and (j.state == "queued" or not event_id)]
+            for j in mine:
                 j.cancel.set()
-                j.state = "done"
-            return bool(queued)
+                if j.state == "queued":
+                    j.state = "done"
+            if not mine and not event_id and session:
+                self._cancelled_sessions[session] = now
+            return bool(mine)
 
     def forget(self, session: str) -> None:
         """The browser tab closed: nobody is waiting for its jobs any more."""

@@ -108,13 +108,14 @@ class Page:
 
     def add_runner(self, r: Runner, stop_button: gr.Button, inputs: dict, outputs: list,
                    check: Callable[[dict], dict], body: Callable[[Job, dict], Iterator[dict]],
-                   api_name: str) -> None:
+                   api_name: str, after: tuple | None = None) -> None:
         """Register `r.button` → submit → run → idle (wired by `wire()` once every tab is built, since each
         run also updates the other tabs' buttons). `inputs` maps parameter names to components (the API
         takes them in this order); `check(values)` returns {name: message} for what is wrong;
-        `body(job, values)` streams the run's dict updates (`values["overrides"]` is the session's)."""
+        `body(job, values)` streams the run's dict updates (`values["overrides"]` is the session's);
+        `after` = (fn, inputs, outputs) runs once the job ended, however it ended."""
         self.runners.append(r)
-        self._pending.append((r, stop_button, inputs, outputs, check, body, api_name))
+        self._pending.append((r, stop_button, inputs, outputs, check, body, api_name, after))
 
     def wire(self) -> None:
         statuses = [r.view.status for r in self.runners]
@@ -129,7 +130,8 @@ class Page:
         for spec in self._pending:
             self._wire_runner(*spec)
 
-    def _wire_runner(self, r: Runner, stop_button, inputs: dict, outputs: list, check, body, api_name: str):
+    def _wire_runner(self, r: Runner, stop_button, inputs: dict, outputs: list, check, body, api_name: str,
+                     after: tuple | None):
         kwargs = {"job_id": self.job, **inputs, "overrides": self.overrides}
         names = list(kwargs)
         first = next(iter(inputs), None)
@@ -185,5 +187,7 @@ class Page:
         run_outputs = list(dict.fromkeys([*outputs, self.ticker, *buttons]))
         done = ev.success(run, inputs_kwargs=kwargs, outputs=run_outputs, validator=validate_run,
                           concurrency_id=GPU, concurrency_limit=1, show_progress="hidden", api_name=api_name)
-        done.then(self.idle, None, [self.ticker, *buttons], queue=False, show_progress="hidden",
-                  api_visibility="private")
+        ended = done.then(self.idle, None, [self.ticker, *buttons], queue=False, show_progress="hidden",
+                          api_visibility="private")
+        if after is not None:
+            ended.then(*after, show_progress="hidden", api_visibility="private")

@@ -261,7 +261,8 @@ class GuardMiddleware:
         method = scope.get("method", "GET").upper()
         path = scope.get("path", "")
         if self.g.local_only and _host_port(host, None)[0].strip("[]") not in LOCAL_HOSTS:
-            return await self._refuse(scope, send, 403, "This app answers only to localhost.")
+            return await self._refuse(scope, send, 403, "This app answers only to localhost (start it with "
+                                      "--listen to reach it under another name).")
         origin = headers.get("origin")
         if (method in UNSAFE_METHODS or scope["type"] == "websocket") and origin is not None:
             if not (same_origin(origin, host) or origin in self.g.extra_origins):
