@@ -37,9 +37,11 @@ class CacheSetting:
             # allow_custom_value: choices follow the model; the engine's check refuses what does not fit
             self.kind = gr.Dropdown([(LABELS[k], k) for k in stepcache.KINDS], value="off", label="Step cache",
                                     allow_custom_value=True, elem_id=f"{prefix}-cache")
-            self.threshold = gr.Number(value=None, minimum=0, maximum=stepcache.THRESHOLD_MAX, step=0.01,
-                                       label="Cache threshold (empty: the published value)",
-                                       elem_id=f"{prefix}-cache-threshold")
+            # Text, not gr.Number: empty means "the published value", and a Number cannot be empty
+            # without becoming a required argument of the tab's API endpoint
+            self.threshold = gr.Textbox("", label=f"Cache threshold, 0 to {stepcache.THRESHOLD_MAX:g} "
+                                        "(empty: the published value)", max_lines=1,
+                                        elem_id=f"{prefix}-cache-threshold")
         self.note = gr.Markdown("Off: every step runs the whole model.", elem_id=f"{prefix}-cache-note",
                                 elem_classes=["wan-reasons"])
 
@@ -52,9 +54,17 @@ class CacheSetting:
 
     @staticmethod
     def fields(v: dict) -> dict:
-        """The Request fields from the values (a bad number is left to the engine's check to name)."""
+        """The Request fields from the values; the range is the engine's check (stepcache.check)."""
         t = v.get("cache_threshold")
-        return {"cache": v.get("cache") or "off", "cache_threshold": None if t in (None, "") else t}
+        if isinstance(t, str):
+            t = t.strip()
+            try:
+                t = float(t) if t else None
+            except ValueError:
+                raise UserError("cache_threshold", f"'{t}' is not a number",
+                                f"write a number from 0 to {stepcache.THRESHOLD_MAX:g}, or leave it empty for "
+                                "the published value") from None
+        return {"cache": v.get("cache") or "off", "cache_threshold": t}
 
     def outputs(self) -> list:
         return [self.kind, self.threshold, self.note]
@@ -69,7 +79,8 @@ class CacheSetting:
         if spec is not None and missing:
             note += f" {' and '.join(missing)}: no published table for {spec.name}."
         return {self.kind: gr.update(choices=[(LABELS[k], k) for k in kinds], value=kind),
-                self.threshold: r.get("cache_threshold"), self.note: note}
+                self.threshold: "" if r.get("cache_threshold") is None else f"{r['cache_threshold']:g}",
+                self.note: note}
 
     def wire(self, describe, inputs: list, extra_triggers: list = ()) -> None:
         """`describe(*inputs) -> str` says what the cache will do for the tab's current values."""

@@ -77,7 +77,8 @@ class LoraPicker:
             self.preset_note = gr.HTML("", elem_id=f"{prefix}-preset-note")
         for i in range(SLOTS):
             with gr.Row(visible=i == 0, equal_height=True) as row:
-                name = gr.Dropdown([], value=None, label=f"LoRA {i + 1}", allow_custom_value=True, scale=3,
+                # "" (no LoRA), not None: an API client may then leave the slot out
+                name = gr.Dropdown([], value="", label=f"LoRA {i + 1}", allow_custom_value=True, scale=3,
                                    elem_id=f"{prefix}-lora{i}")
                 high = gr.Slider(LO, HI, value=1.0, step=0.05, label="Strength", scale=2,
                                  elem_id=f"{prefix}-lora{i}-strength")
@@ -145,7 +146,7 @@ class LoraPicker:
             s = c.get("strength", 1.0) if c else 1.0
             s_low = c.get("strength_low") if c else None
             out[row] = gr.update(visible=i == 0 or i <= len(chosen))
-            out[name] = gr.update(choices=choices, value=c["item"] if c else None, interactive=bool(choices))
+            out[name] = gr.update(choices=choices, value=c["item"] if c else "", interactive=bool(choices))
             out[high] = gr.update(value=s, label="High-noise expert strength" if two else "Strength")
             out[low] = gr.update(value=s if s_low is None else s_low, visible=two)
         if spec is None:

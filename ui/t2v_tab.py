@@ -20,7 +20,9 @@ from wan_app.media import read_metadata
 from wan_app.request import MAX_SEED, Request, parse_size
 
 from . import common, engine_api
+from .cache_setting import CacheSetting, plan_note
 from .common import AppContext
+from .lora_picker import LoraPicker
 from .models_panel import ModelsPanel
 from .render import RunView, expert_badge_html, message_html
 from .runs import Page, Runner
@@ -35,7 +37,8 @@ FIELD_INPUTS = {"model": "model", "prompt": "prompt", "negative_prompt": "negati
                 "seed": "seed"}
 INPUT_LABELS = {"model": "Model", "prompt": "Prompt", "negative": "Negative prompt", "size": "Size",
                 "frames": "Frames", "steps": "Steps", "shift": "Shift", "cfg": "CFG", "cfg2": "CFG (low-noise)",
-                "boundary": "Expert switch boundary", "solver": "Solver", "seed": "Seed"}
+                "boundary": "Expert switch boundary", "solver": "Solver", "seed": "Seed", "cache": "Step cache",
+                "cache_threshold": "Cache threshold", "preset": "Few-step preset", "lora0": "LoRA"}
 OVERRIDE_LABELS = {"blocks_swapped": "Blocks swapped to CPU", "weight_dtype": "Transformer weight dtype",
                    "text_encoder": "Text encoder runs on", "attention": "Attention kernel",
                    "vae_tiling": "VAE tiling", "experts_resident": "A14B experts kept in RAM"}
@@ -103,6 +106,9 @@ class T2VTab:
                                                   elem_id="wan-seed-mode")
                         self.seed = gr.Number(value=42, precision=0, label="Seed value (when fixed)",
                                               elem_id="wan-seed")
+                    self.cache = CacheSetting("wan")
+                with gr.Accordion("LoRAs and few-step presets", open=False, elem_id="wan-loras"):
+                    self.loras = LoraPicker(self.ctx, "wan")
             with gr.Column(scale=6, min_width=360):
                 self.view = RunView("wan", video_label="Result", error=error,
                                     preview_label="Live preview (what the model predicts at this step)")
@@ -133,14 +139,19 @@ class T2VTab:
         return {"model": self.model, "prompt": self.prompt, "negative": self.negative, "size": self.size,
                 "frames": self.frames, "steps": self.steps, "shift": self.shift, "cfg": self.cfg,
                 "cfg2": self.cfg2, "boundary": self.boundary, "solver": self.solver,
-                "seed_mode": self.seed_mode, "seed": self.seed}
+                "seed_mode": self.seed_mode, "seed": self.seed, **self.cache.inputs(), **self.loras.inputs()}
+
+    def field_inputs(self) -> dict:
+        return {**FIELD_INPUTS, **self.cache.field_inputs(), **self.loras.field_inputs()}
 
     def ready_ids(self) -> list[str]:
         return [c[1] for c in common.runnable_choices(common.model_status(self.ctx.engine)[0])]
 
-    def model_values(self, spec, r: dict | None = None, overrides=None) -> dict:
+    def model_values(self, spec, r: dict | None = None, overrides=None, loras: list | None = None,
+                     preset: str | None = None) -> dict:
         """Every control that depends on the model, from `r` (a request's fields) or the official
-        defaults: one update, so nothing has to follow it."""
+        defaults, and `loras` ([{item, strength, strength_low}]) in the picker: one update, so nothing
+        has to follow it."""
         r = r or {}
         sizes = common.size_choices(spec)
         w, h = r.get("width") or spec.default_size[0], r.get("height") or spec.default_size[1]
@@ -164,11 +175,12 @@ class T2VTab:
             self.cfg2: gr.update(value=pick("guidance_2", spec.guidance_2 if a14b else 3.0), visible=a14b),
             self.boundary: gr.update(value=pick("boundary", spec.boundary if a14b else 0.875), visible=a14b),
             self.view.badge: expert_badge_html(None),
+            **self.cache.for_model(spec, r), **self.loras.for_model(spec, loras, preset),
         }
 
     def model_outputs(self) -> list:
         return [self.size, self.frames, self.frames_note, self.steps, self.shift, self.cfg, self.cfg2,
-                self.boundary, self.view.badge]
+                self.boundary, self.view.badge, *self.cache.outputs(), *self.loras.outputs()]
 
     def build_request(self, v: dict) -> Request:
         spec = common.spec_or_none(v.get("model"))
@@ -183,11 +195,13 @@ class T2VTab:
             if seed != int(seed) or not 0 <= seed <= MAX_SEED:
                 raise UserError("seed", f"{v['seed']} is not a seed", f"use a whole number from 0 to {MAX_SEED}")
             seed = int(seed)
-        return Request(
+        req = Request(
             model=spec.id, prompt=v.get("prompt") or "", negative_prompt=v.get("negative"),
             width=w, height=h, frames=num("frames", int), steps=num("steps", int), shift=num("shift"),
             guidance=num("cfg"), guidance_2=num("cfg2") if a14b else None,
-            boundary=num("boundary") if a14b else None, solver=v.get("solver") or "unipc", seed=seed)
+            boundary=num("boundary") if a14b else None, solver=v.get("solver") or "unipc", seed=seed,
+            **self.cache.fields(v))
+        return self.loras.apply(v, req)
 
     def check(self, v: dict) -> dict:
         """{input name: message} for what is wrong, with the engine's own rules (nothing loads)."""
@@ -201,7 +215,7 @@ class T2VTab:
             if p.blocker:
                 raise UserError(p.blocker["field"], p.blocker["problem"], p.blocker["fix"])
         except UserError as e:
-            name, msg = problem_at(e, FIELD_INPUTS, "prompt")
+            name, msg = problem_at(e, self.field_inputs(), "prompt")
             return {name: msg}
         except Exception as e:  # noqa: BLE001 - a check must not take the button down
             log.exception("checking the request failed")
@@ -240,6 +254,19 @@ class T2VTab:
             [self.model, self.prompt, self.negative, *self.model_outputs(), self.solver, self.seed_mode,
              self.seed, self.load_msg], api_name="load_settings"))
         self.choice_events += self.model_list_events
+        self.loras.wire(self.model, {"steps": self.steps, "guidance": self.cfg, "guidance_2": self.cfg2,
+                                     "shift": self.shift, "solver": self.solver, "boundary": self.boundary},
+                        self.view.error)
+        self.cache.wire(self.cache_note, [page.overrides, *self.inputs().values()], [self.steps.release])
+
+    def cache_note(self, overrides, *values) -> str:
+        v = dict(zip(self.inputs(), values))
+        try:
+            # what the cache skips depends on the model and the steps, not on the prompt
+            req = self.build_request({**v, "prompt": v.get("prompt") or "-", "preset": None})
+        except UserError as e:
+            return f"{e.field}: {e.problem}"
+        return plan_note(self.ctx.engine, req, overrides)
 
     def remember(self, last, *values):
         """The last request of this browser, kept in the browser (the settings file is written only by
@@ -320,8 +347,11 @@ class T2VTab:
         if not isinstance(r, dict) or r.get("model") not in catalog.MODELS:
             return {self.load_msg: message_html("error", f"{video.name} has no settings of this app in it.")}
         spec = catalog.get(r["model"])
+        if meta.get("image") or spec.image_required:
+            return {self.load_msg: message_html("error", f"{video.name} was made from an image: load its settings "
+                                                "on the Image to Video tab.")}
         ready = self.ready_ids()
-        out = self.model_values(spec, r, common.overrides_of(overrides))
+        out = self.model_values(spec, r, common.overrides_of(overrides), LoraPicker.recorded(meta))
         out.update({
             self.prompt: r.get("prompt", ""),
             self.negative: r.get("negative_prompt") or DEFAULT_NEGATIVE_PROMPT,
@@ -334,6 +364,7 @@ class T2VTab:
             out[self.model] = gr.update(value=r["model"])
         else:
             note += f" Its model, {spec.name}, is not installed here: install it to make this video again."
+        note += self.loras.restore_note(meta, spec)
         if meta.get("long"):
             note += " It is a long video: use the Extend tab to make it again."
         out[self.load_msg] = message_html("ok", note)
@@ -373,10 +404,12 @@ class T2VTab:
             r = {}
             if prev.get("model") == default:
                 try:
-                    r = self.build_request(prev).to_dict()
+                    r = self.build_request({**prev, "preset": None}).to_dict()
                 except (UserError, ValueError, TypeError):
                     r = {}
-            out.update(self.model_values(spec, r, common.overrides_of(overrides)))
+            out.update(self.model_values(spec, r, common.overrides_of(overrides),
+                                         LoraPicker.from_values(prev) if r else None,
+                                         prev.get("preset") if r else None))
             if r:
                 out.update({self.prompt: r.get("prompt", ""),
                             self.negative: prev.get("negative") or DEFAULT_NEGATIVE_PROMPT,
