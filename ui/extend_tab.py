@@ -13,7 +13,9 @@ from wan_app.errors import UserError
 from wan_app.request import MAX_SEED, Request, parse_size
 
 from . import common, engine_api
+from .cache_setting import CacheSetting, plan_note
 from .common import AppContext
+from .lora_picker import LoraPicker
 from .render import RunView
 from .runs import Page, Runner
 from .t2v_tab import problem_at
@@ -77,6 +79,10 @@ class ExtendTab:
                 with gr.Row():
                     self.seed_mode = gr.Radio(["random", "fixed"], value="random", label="Seed")
                     self.seed = gr.Number(42, precision=0, label="Seed value")
+                with gr.Accordion("Step cache, LoRAs and few-step presets", open=False, elem_id="wan-extend-extras"):
+                    self.cache = CacheSetting("wan-extend")
+                    # no sampling fields here: a preset's steps, CFG, shift and solver come with it
+                    self.loras = LoraPicker(self.ctx, "wan-extend")
             with gr.Column(scale=6, min_width=360):
                 self.view = RunView("wan-extend", video_label="Video so far", preview_label="Live preview",
                                     error=error)
@@ -102,7 +108,7 @@ class ExtendTab:
         return {"model": self.model, "prompt": self.prompt, "negative": self.negative, "size": self.size,
                 "total": self.total, "window": self.window, "overlap": self.overlap, "color": self.color,
                 "upload": self.upload, "from_output": self.from_output, "seed_mode": self.seed_mode,
-                "seed": self.seed}
+                "seed": self.seed, **self.cache.inputs(), **self.loras.inputs()}
 
     def source_video(self, upload, from_output) -> Path | None:
         if upload:
@@ -126,7 +132,8 @@ class ExtendTab:
                 raise UserError("seed", f"{v['seed']} is not a seed", f"use a whole number from 0 to {MAX_SEED}")
             seed = int(seed)
         base = Request(model=spec.id, prompt=v.get("prompt") or "", negative_prompt=v.get("negative"),
-                       width=w, height=h, seed=seed)
+                       width=w, height=h, seed=seed, **self.cache.fields(v))
+        base = self.loras.apply(v, base)
         whole = lambda k: int(v.get(k) or 0) or None  # noqa: E731
         return self.LongRequest(base=base, total_frames=int(v.get("total") or 0), window=whole("window"),
                                 overlap=whole("overlap"), color_match=float(v.get("color") or 0.0),
@@ -143,7 +150,8 @@ class ExtendTab:
             if p.blocker:
                 raise UserError(p.blocker["field"], p.blocker["problem"], p.blocker["fix"])
         except UserError as e:
-            return dict([problem_at(e, FIELD_INPUTS, "prompt")])
+            return dict([problem_at(e, {**FIELD_INPUTS, **self.cache.field_inputs(), **self.loras.field_inputs()},
+                                    "prompt")])
         except Exception as e:  # noqa: BLE001
             log.exception("checking the long request failed")
             return {"prompt": f"Could not check this request: {type(e).__name__}: {e}"}
@@ -171,8 +179,32 @@ class ExtendTab:
                         self.resume, api_name="resume", after=lists)
         self.go.click(self.remember, [page.last, *self.inputs().values()], [page.last], queue=False,
                       show_progress="hidden", api_visibility="private")
-        self.model.input(self.on_model, [self.model], [self.size], show_progress="hidden",
+        self.model.input(self.on_model, [self.model], [self.size, *self.extras_outputs()], show_progress="hidden",
                          api_visibility="private")
+        self.loras.wire(self.model, {}, self.view.error)
+        self.cache.wire(self.cache_note, [page.overrides, self.model, self.size, *self.cache.inputs().values()])
+
+    def extras(self, spec, prev: dict | None = None) -> dict:
+        """The step cache and LoRA picker for `spec` (with `prev`, a saved request's choices)."""
+        prev = prev or {}
+        out = self.cache.for_model(spec, {"cache": prev.get("cache")})
+        out.update(self.loras.for_model(spec, LoraPicker.from_values(prev), prev.get("preset")))
+        return out
+
+    def extras_outputs(self) -> list:
+        return [*self.cache.outputs(), *self.loras.outputs()]
+
+    def cache_note(self, overrides, model_id, size, kind, threshold) -> str:
+        spec = common.spec_or_none(model_id)
+        if spec is None:
+            return ""
+        try:
+            w, h = parse_size(size) if size else spec.default_size
+            req = Request(model=spec.id, prompt="-", width=w, height=h,
+                          **self.cache.fields({"cache": kind, "cache_threshold": threshold}))
+        except UserError as e:
+            return f"{e.field}: {e.problem}"
+        return plan_note(self.ctx.engine, req, overrides) + " (in each window)"
         self.jobs_refresh.click(self.refresh_lists, None, [self.jobs, self.from_output, self.resume_btn],
                                 show_progress="hidden", api_name="unfinished_jobs")
 
@@ -181,7 +213,7 @@ class ExtendTab:
         if spec is None:
             return {}
         sizes = common.size_choices(spec)
-        return {self.size: gr.update(choices=sizes, value=sizes[0])}
+        return {self.size: gr.update(choices=sizes, value=sizes[0]), **self.extras(spec)}
 
     def refresh_lists(self, request: gr.Request = None):
         jobs = self.job_choices()
@@ -199,7 +231,11 @@ class ExtendTab:
         if value and value != current:
             sizes = common.size_choices(catalog.get(value))
             out[self.size] = gr.update(choices=sizes, value=sizes[0])
+            out.update(self.extras(catalog.get(value)))
         return out
+
+    def sync_outputs(self) -> list:
+        return [self.model, self.go, self.size, *self.extras_outputs()]
 
     def on_load(self, last: dict) -> dict:
         """This visit's model list, unfinished jobs and outputs, and this browser's last long request."""
@@ -213,11 +249,14 @@ class ExtendTab:
                                        else sizes[0])
             out.update({self.prompt: prev.get("prompt") or "", self.total: prev.get("total") or 161,
                         self.window: prev.get("window") or 0, self.overlap: prev.get("overlap") or 0})
+            out.update(self.extras(spec, prev))
+        elif out[self.model].get("value"):
+            out.update(self.extras(catalog.get(out[self.model]["value"])))
         return out
 
     def load_outputs(self) -> list:
         return [self.model, self.go, self.size, self.jobs, self.from_output, self.resume_btn, self.prompt,
-                self.total, self.window, self.overlap]
+                self.total, self.window, self.overlap, *self.extras_outputs()]
 
     def remember(self, last, *values):
         last = dict(last or {})

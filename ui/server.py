@@ -79,7 +79,7 @@ def build_app(engine, settings: Settings, settings_path: str | os.PathLike | Non
         if ext.available:
             ext_outputs = ext.load_outputs()
             for ev in t2v.model_list_events + st.model_list_events:
-                ev.then(ext.sync_models, [ext.model], [ext.model, ext.go, ext.size], show_progress="hidden",
+                ev.then(ext.sync_models, [ext.model], ext.sync_outputs(), show_progress="hidden",
                         api_visibility="private")
 
         def on_load(last, request: gr.Request):
