@@ -54,7 +54,9 @@ def image_model_status(engine, refresh: bool = False):
         return [], f"Scanning the models folders failed: {e}"
     problems = engine_api.inventory_problems(inv)
     note = ("Skipped in the model folders:\n" + "\n".join(f"- {p}" for p in problems)) if problems else None
-    return [s for s in statuses if s.spec.image_input != "none" and (s.runnable or not s.spec.tiny)], note
+    shown = [s for s in statuses if s.spec.image_input != "none" and (s.runnable or not s.spec.tiny)]
+    # the models made for this tab first; TI2V 5B, which also makes videos from text alone, after them
+    return sorted(shown, key=lambda s: not s.spec.image_required), note
 
 
 def image_size(path) -> tuple[int, int] | None:
@@ -105,7 +107,7 @@ class I2VTab:
                 with gr.Accordion("Negative prompt (the official default is prefilled)", open=False):
                     self.negative = gr.Textbox(label="Negative prompt", lines=3, show_label=False,
                                                value=DEFAULT_NEGATIVE_PROMPT, elem_id=f"{PREFIX}-negative")
-                with gr.Accordion("Sampling", open=False):
+                with gr.Accordion("Sampling", open=False, elem_id=f"{PREFIX}-sampling"):
                     with gr.Row():
                         self.steps = gr.Slider(1, 100, value=40, step=1, label="Steps", elem_id=f"{PREFIX}-steps")
                         self.shift = gr.Number(value=5.0, label="Shift", elem_id=f"{PREFIX}-shift")
