@@ -446,7 +446,12 @@ def test_image_to_video_latents_equal_wanimagetovideopipeline(i2v_root, tmp_path
     src, src_last = rgb(96, 64, 1), rgb(96, 64, 2)
     w, h = i2v.output_size(catalog.get(model_id), *src.size)
     assert (w, h) == (64, 48)
-    job = clip_job(engine, Request(model=model_id, prompt="a boat", frames=9, width=w, height=h, steps=steps, seed=4),
+    src.save(tmp_path / "first.png")
+    src_last.save(tmp_path / "last.png")
+    flf = catalog.get(model_id).image_input == "image+last"
+    job = clip_job(engine, Request(model=model_id, prompt="a boat", frames=9, width=w, height=h, steps=steps, seed=4,
+                                   image=str(tmp_path / "first.png"),
+                                   last_image=str(tmp_path / "last.png") if flf else None),
                    tmp_path / "x.mp4")
     host = load(engine, job)
     comps, spec, r = host.components, job.spec, job.request
