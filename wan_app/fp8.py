@@ -52,7 +52,9 @@ class ScaledFp8Linear(nn.Module):
 
     def dequantized_weight(self, dtype: torch.dtype) -> torch.Tensor:
         # e4m3 values are exact in bf16/fp16/f32, so the only rounding is the product with the scale.
-        return self.weight.to(dtype) * self.weight_scale.to(dtype)
+        # Scaled in place on a fresh copy (copy=True: never into the stored, often memory-mapped, weight),
+        # so a layer costs one full-size temporary instead of two.
+        return self.weight.to(dtype, copy=True).mul_(self.weight_scale.to(dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias.to(x.dtype)
