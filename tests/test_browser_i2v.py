@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.test_browser import browser, choose, open_page, set_number, shoot, videos, wait_phase  # noqa: F401
+from tests.test_browser import browser, choose, open_page, phase, set_number, shoot, videos, wait_phase  # noqa: F401
 from tests.ui_app_runner import start_app
 
 P = "wan-i2v"
 I2V_NAME = "Tiny Wan2.1 I2V with CLIP (random test weights)"
 I2V_A14_NAME = "Tiny Wan2.2 I2V A14B (random test weights)"
 LORA = "tiny_wan_diffusers.safetensors"          # the one tiny LoRA whose shapes fit the tiny image models
-STEP_DELAY = 1.0      # seconds per step: two steps leave time to see the preview change and take a picture
+STEP_DELAY = 1.5      # seconds per step: two steps leave time to see the preview change and take a picture
 
 
 @pytest.fixture(scope="module")
@@ -104,9 +104,9 @@ def test_an_uploaded_image_becomes_a_video_with_a_live_preview(app, browser, wid
         src = preview_src(page)
         if src and (not sources or src != sources[-1]):
             sources.append(src)
-            if not shot:
-                top_shot(page, "i2v_running_1280x720.png")  # mid-run: the first preview is up
-                shot = True
+        if src and not shot and phase(page, P) == "sample":
+            top_shot(page, "i2v_running_1280x720.png")      # mid-run: denoising, a preview is up
+            shot = True
         time.sleep(0.1)
     assert len(sources) >= 2, f"the preview never changed during the run: {sources}"
     assert page.locator(f"#{P}-generate").inner_text().startswith("Running")
