@@ -165,3 +165,15 @@ def test_a_magcache_run_records_the_forwards_it_skipped_and_threshold_zero_chang
     assert m["forwards"] + m["forwards_skipped"] == 40 == off.metadata["forwards"]
     assert f"skips {m['forwards_skipped']} of 40" in m["plan"]["step_cache"]
     assert zero.metadata["forwards_skipped"] == 0
+
+
+def test_a_videos_metadata_names_files_but_never_where_they_are(tiny_root, tmp_path):
+    root = tiny_root["comfyui-fp16"].path
+    engine = Engine([root], tmp_path, hardware=CPU)
+    evs = list(engine.run(Request(model="tiny-wan2.1-t2v", prompt="x", frames=9, width=64, height=64, steps=2,
+                                  seed=1)))
+    done = evs[-1]
+    assert isinstance(done, events.Finished), done
+    text = done.path.with_suffix(".json").read_text()
+    assert str(root) not in text and str(tmp_path) not in text
+    assert json.loads(text)["files"]["transformer"]["path"].endswith(".safetensors")

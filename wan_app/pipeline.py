@@ -277,7 +277,7 @@ def metadata(job: Job, sampled: sampler.Sampled | None, frames: int, forwards: i
         "model": job.spec.id, "model_name": job.spec.name,
         "request": req.to_dict(),
         "frames": frames, "width": req.width, "height": req.height, "fps": req.fps,
-        "files": job.files.describe(),
+        "files": _file_names(job.files.describe()),
         "plan": job.plan.to_dict(),
         "forwards": forwards, "forwards_skipped": skipped,
         "cache": job.cache or {"kind": "off"},
@@ -298,7 +298,18 @@ def metadata(job: Job, sampled: sampler.Sampled | None, frames: int, forwards: i
                         "windows": j.windows, "input_frames": j.input_frames, "complete": complete}
     if seconds is not None:
         meta["seconds"] = seconds
+    # A shared video must not tell where its maker keeps files: names only, never absolute paths.
+    r = meta["request"]
+    for name in ("image", "last_image"):
+        if r.get(name):
+            r[name] = Path(r[name]).name
+    r["loras"] = [{**e, "file": Path(e["file"]).name} for e in r.get("loras", [])]
     return meta
+
+
+def _file_names(described: dict) -> dict:
+    return {k: ({**v, "path": Path(v["path"]).name} if isinstance(v, dict) and "path" in v else v)
+            for k, v in described.items()}
 
 
 # ---- running ----------------------------------------------------------------------------------------
