@@ -120,7 +120,7 @@ def test_only_the_loras_that_fit_the_model_are_offered_and_a14b_gets_two_strengt
     assert PAIR in names(A14) and PAIR not in names(T21)  # a high/low pair is one item, for A14B only
     out = picker.for_model(catalog.get(I2V_A14))
     _, name, high, low = picker.slots[0]
-    assert upd(out, low, "visible") is True and upd(out, high, "label") == "High-noise expert strength"
+    assert upd(out, low, "visible") is True and upd(out, high, "label") == "High-noise strength"
     assert [c[1] for c in upd(out, name, "choices")] == [FITS_IMAGE_MODELS]
     out = picker.for_model(catalog.get(I2V))
     assert upd(out, low, "visible") is False and upd(out, high, "label") == "Strength"

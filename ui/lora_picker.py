@@ -11,6 +11,7 @@ editable: what the fields say is what runs) and adds its LoRA files when the job
 """
 from __future__ import annotations
 
+import html
 import logging
 from dataclasses import replace
 from functools import partial
@@ -65,7 +66,7 @@ class LoraPicker:
 
     def __init__(self, ctx, prefix: str, *, with_presets: bool = True):
         self.ctx, self.prefix = ctx, prefix
-        self.slots: list[tuple[gr.Row, gr.Dropdown, gr.Slider, gr.Slider]] = []
+        self.slots: list[tuple[gr.Group, gr.Dropdown, gr.Slider, gr.Slider]] = []
         self.preset = self.preset_note = self.download_btn = None
         if with_presets:
             with gr.Row():
@@ -76,14 +77,15 @@ class LoraPicker:
                                               elem_id=f"{prefix}-preset-download")
             self.preset_note = gr.HTML("", elem_id=f"{prefix}-preset-note")
         for i in range(SLOTS):
-            with gr.Row(visible=i == 0, equal_height=True) as row:
+            with gr.Group(visible=i == 0) as row:
                 # "" (no LoRA), not None: an API client may then leave the slot out
-                name = gr.Dropdown([], value="", label=f"LoRA {i + 1}", allow_custom_value=True, scale=3,
+                name = gr.Dropdown([], value="", label=f"LoRA {i + 1}", allow_custom_value=True,
                                    elem_id=f"{prefix}-lora{i}")
-                high = gr.Slider(LO, HI, value=1.0, step=0.05, label="Strength", scale=2,
-                                 elem_id=f"{prefix}-lora{i}-strength")
-                low = gr.Slider(LO, HI, value=1.0, step=0.05, label="Low-noise expert strength", scale=2,
-                                visible=False, elem_id=f"{prefix}-lora{i}-low")
+                with gr.Row():
+                    high = gr.Slider(LO, HI, value=1.0, step=0.05, label="Strength",
+                                     elem_id=f"{prefix}-lora{i}-strength")
+                    low = gr.Slider(LO, HI, value=1.0, step=0.05, label="Low-noise strength",
+                                    visible=False, elem_id=f"{prefix}-lora{i}-low")
             self.slots.append((row, name, high, low))
         self.note = gr.Markdown("", elem_id=f"{prefix}-lora-note")
 
@@ -147,7 +149,7 @@ class LoraPicker:
             s_low = c.get("strength_low") if c else None
             out[row] = gr.update(visible=i == 0 or i <= len(chosen))
             out[name] = gr.update(choices=choices, value=c["item"] if c else "", interactive=bool(choices))
-            out[high] = gr.update(value=s, label="High-noise expert strength" if two else "Strength")
+            out[high] = gr.update(value=s, label="High-noise strength" if two else "Strength")
             out[low] = gr.update(value=s if s_low is None else s_low, visible=two)
         if spec is None:
             out[self.note] = ""
@@ -172,7 +174,7 @@ class LoraPicker:
             out[error_box] = ""
         if spec is None or not preset_id:
             if spec is not None and not lora_presets.presets_for(spec.id):
-                out[self.preset_note] = message_html("info", f"{spec.name} has no few-step preset.")
+                out[self.preset_note] = f"<p class='wan-reasons'>{html.escape(spec.name)} has no few-step preset.</p>"
             return out
         try:
             p = lora_presets.get(preset_id, spec.id)
