@@ -104,7 +104,8 @@ class Page:
             else:
                 out[view.status] = status_html("stopped", text="Stopped before it started.")
                 out.update(self.buttons(None))
-        return out
+        # Gradio reads an empty dict as one value for all the outputs: say "no change" explicitly
+        return out or {self.runners[0].view.status: gr.skip()}
 
     def add_runner(self, r: Runner, stop_button: gr.Button, inputs: dict, outputs: list,
                    check: Callable[[dict], dict], body: Callable[[Job, dict], Iterator[dict]],
