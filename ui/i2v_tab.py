@@ -435,11 +435,10 @@ class I2VTab:
     def on_load(self, last: dict, overrides: dict | None = None) -> dict:
         """The tab as it is for this visit: the image models ready now, this browser's last request."""
         prev = (last or {}).get("i2v") or {}
-        out = self.sync_models(None, None, None, overrides)
         ids = self.ready_ids()
         model = prev.get("model") if prev.get("model") in ids else (ids[0] if ids else None)
+        out = self.sync_models(model, None, None, overrides)      # the model's controls follow here
         if model:
-            out[self.model] = gr.update(choices=out[self.model].get("choices"), value=model)
             spec = catalog.get(model)
             r = {}
             if prev.get("model") == model:
