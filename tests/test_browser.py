@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -104,6 +105,19 @@ def wait_phase(page, phases, prefix: str = "wan", timeout: float = 60.0) -> str:
     raise AssertionError(f"{prefix} status never reached {phases}: {page.locator(f'#{prefix}-status').inner_text()}")
 
 
+def step_seconds(page, prefix: str = "wan", timeout: float = 60.0) -> float:
+    """How long one denoising step takes right now, as the page shows them (the machine may be busy)."""
+    seen: list[tuple[float, str]] = []
+    deadline = time.time() + timeout
+    while time.time() < deadline and len(seen) < 3:
+        step = page.evaluate(f"document.querySelector('#{prefix}-status .wan-progress')?.dataset.step")
+        if step and step != "0" and (not seen or seen[-1][1] != step):
+            seen.append((time.time(), step))
+        time.sleep(0.02)
+    assert len(seen) == 3, f"the steps did not advance: {seen}"
+    return (seen[2][0] - seen[1][0])
+
+
 def videos(app) -> set[Path]:
     return {p for p in app.outputs_dir.glob("*/*.mp4")}
 
@@ -171,13 +185,14 @@ def test_double_generate_then_stop_stops_the_run_and_no_video_is_written(app, br
     page.locator("#wan-generate").click()
     page.locator("#wan-generate").click(force=True)        # a second click during the run
     wait_phase(page, "sample")
+    step = step_seconds(page)
     page.locator("#wan-generate").click(force=True)
     page.wait_for_timeout(500)
     page.locator("#wan-stop").click()
     t0 = time.time()
-    wait_phase(page, "stopped", timeout=10)
-    assert time.time() - t0 < 5, "Stop took more than a few steps"
-    time.sleep(40 * STEP_DELAY * 0.5)
+    wait_phase(page, "stopped", timeout=60)
+    assert time.time() - t0 < 3 * step + 2, f"Stop took {time.time() - t0:.1f}s at {step:.2f}s per step"
+    time.sleep(10 * step)
     assert videos(app) == before, "a stopped run (or a duplicate) wrote a video"
     page.wait_for_function("!document.querySelector('#wan-generate').disabled")
     page.close()
@@ -191,6 +206,7 @@ def test_stop_on_extend_after_clicking_generate_on_text_to_video(app, browser):
     before = videos(app)
     page.locator("#wan-extend-go").click()
     wait_phase(page, "sample", prefix="wan-extend")
+    step = step_seconds(page, "wan-extend")
     page.get_by_role("tab", name="Text to Video").click()
     page.locator("#wan-prompt textarea").fill("another job")
     page.locator("#wan-generate").click(force=True)        # disabled while Extend runs: ignored
@@ -198,9 +214,9 @@ def test_stop_on_extend_after_clicking_generate_on_text_to_video(app, browser):
     page.locator("#wan-stop").click()                      # Stop on this tab stops the session's job
     t0 = time.time()
     page.get_by_role("tab", name="Extend").click()
-    wait_phase(page, "stopped", prefix="wan-extend", timeout=10)
-    assert time.time() - t0 < 4 * STEP_DELAY + 3, "Extend did not stop within a step or so"
-    time.sleep(3)
+    wait_phase(page, "stopped", prefix="wan-extend", timeout=60)
+    assert time.time() - t0 < 3 * step + 3, f"Extend took {time.time() - t0:.1f}s to stop at {step:.2f}s per step"
+    time.sleep(5 * step)
     assert phase(page) != "done", "the Text to Video click started a job while Extend ran"
     finished = [p for p in videos(app) - before if not p.with_suffix(".json").exists()
                 or '"complete": true' in p.with_suffix(".json").read_text()]
@@ -334,13 +350,22 @@ def test_every_tab_at_two_sizes_mid_run_and_done(app, browser):
 
 
 def test_reload_after_installing_the_demo_models_shows_them_ready(browser, tmp_path):
+    """A first start: a broken settings file is kept aside with a notice on the page, the page says what
+    each model needs and where, the tiny demo models install, and a reload (a fresh visit) shows them
+    ready instead of the page as it was when the server started."""
     models = tmp_path / "models"
     models.mkdir()
-    fresh = start_app([models], tmp_path / "outputs", tmp_path)
+    broken = tmp_path / "settings.json"
+    broken.write_text("{ this is not json")
+    fresh = start_app([models], tmp_path / "outputs", tmp_path, settings=broken)
     try:
         page = browser.new_page(viewport={"width": 1280, "height": 720})
         page.goto(fresh.url)
         page.wait_for_selector("#wan-install-tiny", timeout=60_000)
+        assert "not valid JSON" in page.locator("#wan-settings-notice").inner_text()
+        assert list(tmp_path.glob("settings.broken-*.json")), "the broken file must be kept aside"
+        missing = page.locator("#wan-missing").inner_text()
+        assert "Wan2.1 T2V 1.3B" in missing and "diffusion_models" in missing and "vae" in missing
         assert page.locator("#wan-generate").is_disabled()
         shoot(page, "first_run_1280x720.png")
         page.locator("#wan-install-tiny").click()
@@ -351,6 +376,7 @@ def test_reload_after_installing_the_demo_models_shows_them_ready(browser, tmp_p
         assert not page.locator("#wan-generate").is_disabled()
         assert not page.locator("#wan-install-tiny").is_visible()
         assert "No model is ready yet" not in page.locator("body").inner_text()
+        assert any(p.suffix == ".safetensors" for p in (models / "tiny-demo").rglob("*"))
         page.close()
     finally:
         fresh.stop()
@@ -377,7 +403,10 @@ def test_restart_on_the_same_port(browser, tiny_root, tmp_path):
     page = browser.new_page()
     page.goto(first.url)
     page.wait_for_selector("#wan-prompt textarea", timeout=60_000)
+    temp = list(Path(tempfile.gettempdir()).glob(f"wan-studio-{first.proc.pid}-*"))
+    assert len(temp) == 1 and temp[0].is_dir(), "uploads and previews go to a temp folder of this run"
     first.stop()
+    assert not temp[0].exists(), "the temp folder of a run is removed when it stops"
     _leave_time_wait(port)
     second = start_app(dirs, tmp_path / "outputs", tmp_path, port=port)
     try:
@@ -388,20 +417,3 @@ def test_restart_on_the_same_port(browser, tiny_root, tmp_path):
     finally:
         page.close()
         second.stop()
-
-
-def test_a_port_taken_by_another_program_is_named_with_the_port_used_instead(tiny_root, tmp_path):
-    busy = socket.socket()
-    busy.bind(("127.0.0.1", 0))
-    busy.listen()
-    port = busy.getsockname()[1]
-    try:
-        app = start_app([tiny_root["diffusers-t2v"].path], tmp_path / "outputs", tmp_path, port=port)
-        try:
-            assert app.port != port
-            assert f"Port {port} is taken: another program is already listening on it" in app.log()
-            assert f"Serving on port {app.port} instead" in app.log()
-        finally:
-            app.stop()
-    finally:
-        busy.close()

@@ -198,6 +198,8 @@ def _short_reason(why: str) -> str:
         return "not installed"
     if "CUDA" in text and ("not available" in text or "no GPU" in text.lower()):
         return "needs an NVIDIA GPU"
+    if "No viable backend" in text:
+        return "not supported on this device"
     first = text.splitlines()[0] if text else "it did not run here"
     first = first.split(": ", 1)[-1] if first.split(": ", 1)[0].endswith(("Error", "Exception")) else first
     return first if len(first) <= 80 else first[:77] + "…"
@@ -318,4 +320,6 @@ CSS = """
 .wan-reasons { font-size: 0.9rem; }
 .wan-plan th { text-align: left; padding-right: 16px; }
 #wan-header h2 { margin-bottom: 0; }
+/* an empty notice, error or expert box takes no room (no gap in the column) */
+.wan-fold:has(.wan-empty), .wan-fold:has(.wan-expert[data-expert=""]) { display: none !important; }
 """

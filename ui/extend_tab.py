@@ -63,7 +63,7 @@ class ExtendTab:
                     self.size = gr.Dropdown([], value=None, label="Size", elem_id="wan-extend-size",
                                             allow_custom_value=True)
                     self.total = gr.Slider(5, MAX_TOTAL_FRAMES, value=161, step=4, elem_id="wan-extend-total",
-                                           label="Total frames (continuing a video: frames to add)")
+                                           label="Total frames", info="continuing a video: the frames to add")
                 with gr.Row():
                     self.window = gr.Number(0, precision=0, label="Frames per window (0 = auto)")
                     self.overlap = gr.Number(0, precision=0, label="Overlap frames, 4m+1 (0 = auto)")

@@ -27,7 +27,7 @@ class ModelsPanel:
     def __init__(self, ctx: AppContext, first_run: bool):
         self.ctx, self.first_run = ctx, first_run
         self.online = common.is_online()
-        with gr.Group(visible=not first_run) as self.box:
+        with gr.Column(visible=not first_run, variant="panel") as self.box:
             if first_run:
                 gr.Markdown("### No model is ready yet\nEach model needs its weights in the models folder. "
                             f"To see the whole app work right now, install the tiny demo models ({TINY_NOTE}).")

@@ -62,13 +62,12 @@ def status_html(phase: str, *, step: int = 0, total: int = 0, window: int | None
     eta = fmt_eta(eta_s) if phase not in FINAL and phase != "queued" else ""
     if eta:
         parts.append(eta)
-    if windows and total:
-        done = (window or 0) * total + step
-        frac = done / (windows * total)
-    elif total:
-        frac = step / total
+    if phase == "done":
+        frac = 1.0
+    elif windows:                       # a long job: the bar covers all its windows
+        frac = ((window or 0) + (step / total if total else 0.0)) / windows
     else:
-        frac = 1.0 if phase == "done" else 0.0
+        frac = step / total if total else 0.0
     line = " · ".join(parts)
     return (f'<div class="wan-progress" data-phase="{phase}" data-step="{step}" data-total="{total}" '
             f'data-window="{"" if window is None else window}" data-windows="{windows or ""}" '
@@ -83,8 +82,11 @@ def message_html(kind: str, text: str, hint: str = "") -> str:
             + (f'<div class="wan-hint">{html.escape(hint)}</div>' if hint else "") + "</div>")
 
 
+EMPTY = '<div class="wan-empty"></div>'        # CSS folds a box holding only this (no gap left)
+
+
 def notices_html(notices: list[str]) -> str:
-    return "".join(f'<div class="wan-notice">{html.escape(n)}</div>' for n in notices)
+    return "".join(f'<div class="wan-notice">{html.escape(n)}</div>' for n in notices) or EMPTY
 
 
 def expert_badge_html(expert: str | None, switched_at: int | None = None, seconds: float | None = None) -> str:
@@ -176,8 +178,8 @@ class RunView:
         self.prefix = prefix
         self.error = error
         self.status = gr.HTML(status_html("idle"), elem_id=f"{prefix}-status")
-        self.notices = gr.HTML("", elem_id=f"{prefix}-notices")
-        self.badge = gr.HTML(expert_badge_html(None), elem_id=f"{prefix}-badge")
+        self.notices = gr.HTML(EMPTY, elem_id=f"{prefix}-notices", elem_classes=["wan-fold"])
+        self.badge = gr.HTML(expert_badge_html(None), elem_id=f"{prefix}-badge", elem_classes=["wan-fold"])
         self.preview = gr.Image(label=preview_label, interactive=False, height=240, format="png",
                                 elem_id=f"{prefix}-preview")
         self.video = gr.Video(label=video_label, interactive=False, height=300, autoplay=True, loop=True,
@@ -190,7 +192,7 @@ class RunView:
     @staticmethod
     def error_box(prefix: str) -> gr.HTML:
         """The box for errors, created where it belongs (right under Generate) and given to the view."""
-        return gr.HTML("", elem_id=f"{prefix}-error", elem_classes=["wan-error-box"])
+        return gr.HTML(EMPTY, elem_id=f"{prefix}-error", elem_classes=["wan-error-box", "wan-fold"])
 
     @property
     def components(self) -> list:
@@ -199,10 +201,10 @@ class RunView:
 
     # ---- pieces a handler yields ----------------------------------------------------------------
     def starting(self, a14b: bool) -> dict:
-        out = {self.status: status_html("load", text="Starting"), self.notices: "",
+        out = {self.status: status_html("load", text="Starting"), self.notices: EMPTY,
                self.badge: expert_badge_html("high" if a14b else None), self.preview: None, self.video: None}
         if self.error is not None:
-            out[self.error] = ""
+            out[self.error] = EMPTY
         return out
 
     def failed(self, text: str, hint: str = "") -> dict:

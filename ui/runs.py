@@ -18,7 +18,7 @@ import gradio as gr
 
 from .common import GPU, LIGHT, AppContext, session_of
 from .jobs import Busy, Job
-from .render import RunView, status_html
+from .render import EMPTY, RunView, status_html
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,8 @@ class Page:
         out = {}
         for job in stopped:
             view = self.runner(job.kind).view
+            if job.state == "done" and job.cancel.is_set() and job.event_id:
+                continue                  # it ended meanwhile: its own last message says how
             if job.state == "running":
                 out[view.status] = status_html("stopping", text="Stopping after the current step…")
             else:
@@ -121,13 +123,16 @@ class Page:
     def wire(self) -> None:
         statuses = [r.view.status for r in self.runners]
         buttons = self.button_components
-        self.ticker.tick(self.tick, [self.job], [self.ticker, *statuses, *buttons],
-                         queue=False, show_progress="hidden", api_visibility="private")
+        # Stop and the queue ticker write the status line that the run streams into. Through the queue
+        # (not queue=False, a separate HTTP response) their answers reach the page in the same stream as
+        # the run's, in order: a late "Stopping…" cannot land on top of the run's final "Stopped".
+        light = dict(concurrency_id=LIGHT, concurrency_limit=None, show_progress="hidden")
+        self.ticker.tick(self.tick, [self.job], [self.ticker, *statuses, *buttons], api_visibility="private",
+                         **light)
         stops = list(dict.fromkeys(spec[1] for spec in self._pending))
         for i, stop_button in enumerate(stops):
-            stop_button.click(self.stop, None, [*statuses, *buttons], queue=False, show_progress="hidden",
-                              api_name="stop" if i == 0 else f"stop_{i}",
-                              api_visibility="public" if i == 0 else "private")
+            stop_button.click(self.stop, None, [*statuses, *buttons], api_name="stop" if i == 0 else f"stop_{i}",
+                              api_visibility="public" if i == 0 else "private", **light)
         for spec in self._pending:
             self._wire_runner(*spec)
 
@@ -162,7 +167,7 @@ class Page:
             out = {self.job: job.id, self.ticker: gr.Timer(active=True), r.view.status: self.queued_status(job),
                    **self.buttons(job)}
             if r.view.error is not None:
-                out[r.view.error] = ""
+                out[r.view.error] = EMPTY
             return out
 
         def run(request: gr.Request, **values):
