@@ -24,7 +24,7 @@ from wan_app.lora import presets as lora_presets
 
 from . import common
 from .common import DOWNLOADS
-from .render import message_html
+from .render import EMPTY, message_html
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ class LoraPicker:
         """The note under the preset menu, its download button, and (when given) the error box."""
         out = {self.preset_note: "", self.download_btn: gr.update(visible=False)}
         if error_box is not None:
-            out[error_box] = ""
+            out[error_box] = EMPTY
         if spec is None or not preset_id:
             if spec is not None and not lora_presets.presets_for(spec.id):
                 out[self.preset_note] = f"<p class='wan-reasons'>{html.escape(spec.name)} has no few-step preset.</p>"
