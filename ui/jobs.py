@@ -16,7 +16,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-KIND_LABELS = {"clip": "Text to Video", "extend": "Extend", "resume": "Resume"}
+KIND_LABELS = {"clip": "Text to Video", "i2v": "Image to Video", "extend": "Extend", "resume": "Resume"}
 
 
 @dataclass

@@ -90,7 +90,7 @@ class ModelsPanel:
         progress(0, desc=f"Writing the tiny demo models into {target}")
         try:
             from wan_app import tiny
-            tiny.build_all(target)
+            tiny.build_all(target, i2v=True)
         except Exception as e:  # noqa: BLE001
             log.exception("writing tiny models failed")
             return message_html("error", f"Could not write the tiny models: {e}",
