@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.ui_app_runner import free_port, start_app
+from tests.ui_app_runner import start_app
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -146,37 +146,6 @@ def make_video(app, **kw) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------- tests
-def test_prompt_to_video_with_a_live_preview_in_a_real_browser(app, browser):
-    page = open_page(browser, app)
-    assert page.title() == "Wan Studio"
-    box = page.locator("#wan-generate").bounding_box()
-    assert box and box["y"] + box["height"] <= 720, f"Generate is below the fold at 1280x720: {box}"
-    footer = page.locator("footer").inner_text()
-    assert "Settings" not in footer, f"Gradio's own settings link competes with ours: {footer!r}"
-    choose(page, "wan-model", A14_NAME)
-    page.locator("#wan-prompt textarea").fill("A red fox runs through fresh snow at dawn, cinematic")
-    page.locator("#wan-generate").click()
-    sources: list[str] = []
-    deadline = time.time() + 90
-    while time.time() < deadline and len(sources) < 3:
-        src = preview_src(page)
-        if src and (not sources or src != sources[-1]):
-            sources.append(src)
-        time.sleep(0.1)
-    assert len(sources) >= 2, f"the preview never changed during the run: {sources}"
-    assert page.locator("#wan-badge .wan-expert").get_attribute("data-expert") in ("high", "low")
-    assert page.locator("#wan-generate").inner_text().startswith("Running")
-    wait_phase(page, "done", timeout=90)
-    page.wait_for_selector("#wan-video video", timeout=30_000)
-    assert page.locator("#wan-badge .wan-expert").get_attribute("data-expert") == "low"
-    assert page.locator("#wan-seed-used textarea, #wan-seed-used input").first.input_value().isdigit()
-    page.get_by_text("Memory plan of this run").first.click()
-    assert "The plan this run uses" in page.locator("#wan-run-plan").inner_html(timeout=10_000)
-    page.wait_for_function("document.querySelector('#wan-generate').innerText === 'Generate'")
-    assert "Wan video studio" not in page.content()
-    page.close()
-
-
 def test_double_generate_then_stop_stops_the_run_and_no_video_is_written(app, browser):
     page = open_page(browser, app)
     set_number(page, "wan-steps", 40)
@@ -202,7 +171,7 @@ def test_stop_on_extend_after_clicking_generate_on_text_to_video(app, browser):
     page = open_page(browser, app)
     page.get_by_role("tab", name="Extend").click()
     page.locator("#wan-extend-prompt textarea").fill("a boat drifts\nthe boat reaches the shore")
-    set_number(page, "wan-extend-total", 41)
+    set_number(page, "wan-extend-total", 25)
     before = videos(app)
     page.locator("#wan-extend-go").click()
     wait_phase(page, "sample", prefix="wan-extend")
@@ -319,34 +288,66 @@ def test_a_queued_job_says_how_many_are_ahead(app, browser):
     second.close()
 
 
-def test_every_tab_at_two_sizes_mid_run_and_done(app, browser):
+def shoot_sizes(page, name: str) -> None:
+    """The page at each screen size, now (the run goes on meanwhile)."""
     for w, h in SIZES:
-        page = open_page(browser, app, (w, h))
-        choose(page, "wan-model", A14_NAME)
-        page.locator("#wan-prompt textarea").fill("A red fox runs through fresh snow at dawn, cinematic")
-        page.locator("#wan-generate").click()
-        wait_phase(page, "sample")
-        page.wait_for_function("document.querySelector('#wan-status .wan-progress').dataset.step >= 3")
-        shoot(page, f"t2v_running_{w}x{h}.png")
-        wait_phase(page, "done", timeout=90)
-        page.wait_for_selector("#wan-video video", timeout=30_000)
-        page.wait_for_timeout(800)
-        shoot(page, f"t2v_done_{w}x{h}.png")
-        page.get_by_role("tab", name="Extend").click()
-        page.locator("#wan-extend-prompt textarea").fill("a boat drifts\nthe boat reaches the shore")
-        set_number(page, "wan-extend-total", 17)
-        page.locator("#wan-extend-go").click()
-        page.wait_for_function("document.querySelector('#wan-extend-status .wan-progress').dataset.window >= 1",
-                               timeout=60_000)
-        shoot(page, f"extend_running_{w}x{h}.png")
-        wait_phase(page, "done", prefix="wan-extend", timeout=90)
-        page.wait_for_timeout(800)
-        shoot(page, f"extend_done_{w}x{h}.png")
-        page.get_by_role("tab", name="Settings").click()
-        page.wait_for_timeout(800)
-        assert "Blocks swapped" in page.locator("#wan-plan").inner_text()
-        shoot(page, f"settings_{w}x{h}.png")
-        page.close()
+        page.set_viewport_size({"width": w, "height": h})
+        page.wait_for_timeout(150)
+        shoot(page, f"{name}_{w}x{h}.png")
+    page.set_viewport_size({"width": SIZES[0][0], "height": SIZES[0][1]})
+
+
+def test_prompt_to_video_with_a_live_preview_and_every_tab_at_two_sizes(app, browser):
+    """A prompt becomes a video while the preview changes and the A14B badge switches experts; Generate
+    is above the fold at 1280x720; one product name; no Gradio settings link. Screenshots of every tab
+    at 1280x720 and 1920x1080, mid-run and done."""
+    page = open_page(browser, app)
+    assert page.title() == "Wan Studio"
+    box = page.locator("#wan-generate").bounding_box()
+    assert box and box["y"] + box["height"] <= 720, f"Generate is below the fold at 1280x720: {box}"
+    footer = page.locator("footer").inner_text()
+    assert "Settings" not in footer, f"Gradio's own settings link competes with ours: {footer!r}"
+    choose(page, "wan-model", A14_NAME)
+    page.locator("#wan-prompt textarea").fill("A red fox runs through fresh snow at dawn, cinematic")
+    page.locator("#wan-generate").click()
+    sources: list[str] = []
+    deadline = time.time() + 90
+    while time.time() < deadline and len(sources) < 3:
+        src = preview_src(page)
+        if src and (not sources or src != sources[-1]):
+            sources.append(src)
+        time.sleep(0.05)
+    assert len(sources) >= 2, f"the preview never changed during the run: {sources}"
+    assert page.locator("#wan-badge .wan-expert").get_attribute("data-expert") in ("high", "low")
+    assert page.locator("#wan-generate").inner_text().startswith("Running")
+    shoot_sizes(page, "t2v_running")
+    wait_phase(page, "done", timeout=90)
+    page.wait_for_selector("#wan-video video", timeout=30_000)
+    assert page.locator("#wan-badge .wan-expert").get_attribute("data-expert") == "low"
+    assert page.locator("#wan-seed-used textarea, #wan-seed-used input").first.input_value().isdigit()
+    page.get_by_text("Memory plan of this run").first.click()
+    assert "The plan this run uses" in page.locator("#wan-run-plan").inner_html(timeout=10_000)
+    page.get_by_text("Memory plan of this run").first.click()
+    page.wait_for_function("document.querySelector('#wan-generate').innerText === 'Generate'")
+    assert "Wan video studio" not in page.content()
+    page.wait_for_timeout(500)
+    shoot_sizes(page, "t2v_done")
+
+    page.get_by_role("tab", name="Extend").click()
+    page.locator("#wan-extend-prompt textarea").fill("a boat drifts\nthe boat reaches the shore")
+    set_number(page, "wan-extend-total", 17)
+    page.locator("#wan-extend-go").click()
+    page.wait_for_function("document.querySelector('#wan-extend-status .wan-progress').dataset.window >= 1",
+                           timeout=60_000)
+    shoot_sizes(page, "extend_running")
+    wait_phase(page, "done", prefix="wan-extend", timeout=90)
+    page.wait_for_timeout(500)
+    shoot_sizes(page, "extend_done")
+    page.get_by_role("tab", name="Settings").click()
+    page.wait_for_timeout(500)
+    assert "Blocks swapped" in page.locator("#wan-plan").inner_text()
+    shoot_sizes(page, "settings")
+    page.close()
 
 
 def test_reload_after_installing_the_demo_models_shows_them_ready(browser, tmp_path):
@@ -396,24 +397,25 @@ def _leave_time_wait(port: int) -> None:
     listener.close()
 
 
-def test_restart_on_the_same_port(browser, tiny_root, tmp_path):
-    port = free_port()
-    dirs = [tiny_root["diffusers-t2v"].path]
-    first = start_app(dirs, tmp_path / "outputs", tmp_path, port=port)
+def test_restart_on_the_same_port(app, browser, tiny_root):
+    """The module's app is stopped with a tab open and started again at once (last in this file): it
+    comes back on the same port, its temp folder is gone, and the open tab works again."""
+    port = app.port
     page = browser.new_page()
-    page.goto(first.url)
+    page.goto(app.url)
     page.wait_for_selector("#wan-prompt textarea", timeout=60_000)
-    temp = list(Path(tempfile.gettempdir()).glob(f"wan-studio-{first.proc.pid}-*"))
+    temp = list(Path(tempfile.gettempdir()).glob(f"wan-studio-{app.proc.pid}-*"))
     assert len(temp) == 1 and temp[0].is_dir(), "uploads and previews go to a temp folder of this run"
-    first.stop()
+    app.stop()
     assert not temp[0].exists(), "the temp folder of a run is removed when it stops"
     _leave_time_wait(port)
-    second = start_app(dirs, tmp_path / "outputs", tmp_path, port=port)
+    dirs = [tiny_root["diffusers-t2v"].path, tiny_root["diffusers-a14b"].path]
+    second = start_app(dirs, app.outputs_dir, app.work, port=port)
+    app.proc = second.proc                               # the fixture stops this one
     try:
         assert second.port == port, f"moved to {second.port}:\n{second.log()}"
         assert "is taken" not in second.log()
-        page.reload()                                      # the open tab works again at the same address
+        page.reload()                                    # the open tab works again at the same address
         page.wait_for_selector("#wan-prompt textarea", timeout=60_000)
     finally:
         page.close()
-        second.stop()

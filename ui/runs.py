@@ -96,6 +96,8 @@ class Page:
 
     def stop(self, request: gr.Request):
         stopped = self.ctx.jobs.stop(session_of(request))
+        for job in stopped:
+            log.info("job %s (%s) stop requested while %s", job.id[:8], job.label, job.state)
         out = {}
         for job in stopped:
             view = self.runner(job.kind).view
@@ -172,6 +174,7 @@ class Page:
 
         def run(request: gr.Request, **values):
             job = self.ctx.jobs.claim(values.get("job_id"), session_of(request), r.kind, _event_id())
+            log.info("job %s (%s) starts%s", job.id[:8], job.label, " stopped already" if job.cancel.is_set() else "")
             try:
                 if job.cancel.is_set():
                     yield {r.view.status: status_html("stopped", text="Stopped before it started."),
@@ -182,6 +185,7 @@ class Page:
             finally:
                 job.cancel.set()          # whatever ended the stream (done, error, page gone): the engine stops
                 self.ctx.jobs.finish(job)
+                log.info("job %s (%s) ended", job.id[:8], job.label)
 
         buttons = self.button_components
         submit_outputs = [self.job, self.ticker, r.view.status, *buttons]

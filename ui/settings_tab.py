@@ -166,9 +166,16 @@ class SettingsTab:
     def replan(self, model_id, size, frames, overrides):
         spec = common.spec_or_none(model_id)
         out = {self.plan: self.plan_preview(model_id, size, frames, common.overrides_of(overrides))}
-        if spec is not None and has_gpu(self.ctx.engine.hardware):
-            out[self.blocks] = gr.update(maximum=spec.arch.num_layers)
+        if spec is not None:
+            out[self.blocks] = self.blocks_range(spec, common.overrides_of(overrides))
         return out
+
+    def blocks_range(self, spec, ov: Overrides):
+        """The blocks slider goes up to the chosen model's layer count (a value past it is shown at the
+        end; the run's check names it)."""
+        n = spec.arch.num_layers
+        value = -1 if ov.blocks_swapped is None else min(ov.blocks_swapped, n)
+        return gr.update(maximum=n, value=value)
 
     def apply_overrides(self, blocks, dtype, attention, tiling, text_enc, experts, model_id, size, frames,
                         current):
@@ -258,7 +265,9 @@ class SettingsTab:
         ov, dropped = self.usable(saved.overrides_obj(), model_id)
         owner = self.ctx.owner_at_machine(request)
         where = str(self.ctx.settings_path) if self.ctx.settings_path else "nowhere (not persisted in this run)"
+        spec = common.spec_or_none(model_id)
         out = {**self.control_values(ov), self.page.overrides: ov.to_dict(),
+               **({self.blocks: self.blocks_range(spec, ov)} if spec is not None else {}),
                self.models_dirs: gr.update(value="\n".join(saved.models_dirs), interactive=owner),
                self.outputs_dir: gr.update(value=saved.outputs_dir, interactive=owner),
                self.folders_note: gr.update(visible=not owner, value=(
