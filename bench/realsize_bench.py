@@ -670,7 +670,7 @@ def main(argv=None) -> int:
             "# of the CLI process (50 ms samples); ratio = anon / pred; phases from the CLI's progress lines."]
     if args.note:
         head.append("# " + args.note)
-    text = "\n".join(head) + "\n\n" + table(runs) + "\n"
+    text = "\n".join(head) + "\n\n" + (table(runs) + "\n" if runs else "")
     if parts:
         text += ("\nEach component loaded alone in a fresh process (bench --probe): anon / file = RssAnon / RssFile"
                  " after loading minus before (GB); anon peak = the highest RssAnon while loading.\n" + parts + "\n")
