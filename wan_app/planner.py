@@ -26,7 +26,8 @@ from .plan_types import ATTENTION_BACKENDS, DTYPES, DiskWeights, Overrides, Plan
 from .sizes import (
     COMPUTE_BYTES, DEVICE_CONTEXT_GB, ESTIMATE_NOTE, FP8_UPCAST_LINEARS_IN_FLIGHT, MAX_FRAMES_CONSIDERED,
     MPS_WORKING_SET_FRACTION, RAM_BASE_GB, RAM_MARGIN_FRACTION, RAM_MARGIN_MIN_GB, RAM_SYSTEM_FRACTION,
-    SWAP_BUFFERS, TEXT_ENCODER_WORK_GB, VRAM_MARGIN_FRACTION, VRAM_MARGIN_MIN_GB, WEIGHT_BYTES, activation_gb,
+    SWAP_BUFFERS, TEXT_ENCODER_CPU_WORK_GB, TEXT_ENCODER_WORK_GB, VRAM_MARGIN_FRACTION, VRAM_MARGIN_MIN_GB,
+    WEIGHT_BYTES, activation_gb,
     block_gb, clip_vision_gb, dit_anon_small_gb, model_gb, nonblock_gb, text_encoder_anon_gb, text_encoder_gb, total_params,
     vae_decode_gb, vae_weights_gb, video_host_gb,
 )
@@ -202,9 +203,10 @@ def _estimate(m: _Machine, spec: ModelSpec, w: int, h: int, frames: int, c: _Cho
         # Everything runs in RAM; "one" expert means the other is read from its file at the switch.
         sample = _sample_dev(m, spec, c, act, disk) - _model_gb(spec, c.weight_dtype, disk) \
             - lora           # the weights and LoRAs themselves are counted above (dit_*)
-        host = {"encode": base + dit_anon + max(te_kept, te_anon + TEXT_ENCODER_WORK_GB),
+        host = {"encode": base + dit_anon + max(te_kept, te_anon) + TEXT_ENCODER_CPU_WORK_GB,
                 "sample": base + dit_anon + te_kept + sample,
-                "decode": base + dit_anon + te_kept + vae_dev + video}
+                # base already holds the VAE's weights: decoding adds its activations and the video
+                "decode": base + dit_anon + te_kept + vae_dev - vae_weights_gb(spec) + video}
         active = dit_file / experts_loaded
         return _Est({}, host, file, act, tokens, experts_loaded * mg if converting else 0.0,
                     cache={"encode": te_file, "sample": active})
@@ -223,13 +225,15 @@ def _estimate(m: _Machine, spec: ModelSpec, w: int, h: int, frames: int, c: _Cho
     else:
         # MPS: unified memory; the active expert is counted in the device phase.
         dit_ram = dit_anon if two and c.experts == "both" else 0.0
-    te_encode = 0.0 if c.te_on_device else te_anon + TEXT_ENCODER_WORK_GB
+    te_encode = 0.0 if c.te_on_device else te_anon + TEXT_ENCODER_CPU_WORK_GB
     host = {"load": base + dit_ram + te_kept,
             "encode": base + dit_ram + max(te_kept, te_encode, te_anon if c.te_on_device else 0.0),
             "sample": base + dit_ram + te_kept,
             "decode": base + dit_ram + te_kept + video}
     if m.kind == "mps":
+        # unified memory: the device phases are RAM too, but the VAE moved to the device leaves its home
         host = {k: v + dev.get(k, 0.0) for k, v in host.items()}
+        host["decode"] -= vae_weights_gb(spec)
     # On a GPU the weights are read from their files once, onto the device or into pinned memory; only
     # umT5 encoding on the CPU keeps reading its file.
     return _Est(dev, host, file, act, tokens, experts_loaded * mg if converting else 0.0,

@@ -16,9 +16,11 @@ DEVICE_CONTEXT_GB = {"cuda": 0.75, "mps": 0.25, "cpu": 0.0}
 # The caching allocator fragments; other processes (a desktop) grow. 8% of the card, at least 0.5 GB.
 VRAM_MARGIN_FRACTION = 0.08
 VRAM_MARGIN_MIN_GB = 0.5
-# Python + torch + diffusers + transformers resident set before any weights; CUDA builds map ~1.5 GB
-# more of host libraries (cuBLAS, cuDNN).
-RAM_BASE_GB = {"cuda": 3.0, "mps": 2.0, "cpu": 1.5}
+# Anonymous RAM of the process before any weights. CPU, measured by bench/realsize_bench.py (BENCHMARKS.md,
+# "Real-size RAM on the CPU"): the CLI holds 0.25 GB when loading starts (0.30 GB with diffusers and
+# transformers imported) and the real-size umT5 tokenizer 0.17 GB. CUDA builds map ~1.5 GB more of host
+# libraries (cuBLAS, cuDNN) and pinned staging buffers; the CUDA and MPS figures are not measured yet.
+RAM_BASE_GB = {"cuda": 3.0, "mps": 2.0, "cpu": 0.5}
 # The share of RAM an OS, a desktop and a browser keep busy on a typical machine (the planner budgets from
 # the machine's size so a plan does not change from one second to the next; a run warns when more is in use).
 RAM_SYSTEM_FRACTION = 0.10
@@ -71,6 +73,10 @@ TEXT_ENCODER_WO_PARAMS = 24 * 10240 * 4096
 TEXT_ENCODER_FP8_GB = 6.736 + TEXT_ENCODER_WO_PARAMS / 1e9
 # 512 tokens × 4096 wide through 24 layers: activations are small; cuBLAS workspace dominates.
 TEXT_ENCODER_WORK_GB = 0.3
+# umT5 encoding on the CPU (fp32 activations, the fp8 linears upcast one at a time, and glibc arenas that
+# keep what was freed): the encode phase of the four real-size runs rose 0.66-0.84 GB above their loaded
+# components (bench/realsize_bench.py, BENCHMARKS.md).
+TEXT_ENCODER_CPU_WORK_GB = 0.8
 
 # VAE (WAN_FACTS: Wan2.1 VAE 126.9 M params, Wan2.2 VAE 704.7 M), run in fp32 as diffusers' examples do.
 VAE_PARAMS = {"wan2.1": 126.9e6, "wan2.2": 704.7e6}
@@ -92,8 +98,8 @@ VIDEO_HOST_BYTES_PER_VALUE = 4 + 1
 
 # RoPE in Wan has 1024 temporal positions; beyond a few hundred frames attention time is hours anyway.
 MAX_FRAMES_CONSIDERED = 1025
-ESTIMATE_NOTE = ("These are estimates from tensor shapes; bench/swap_bench.py measures real peaks on a GPU "
-                 "to check them.")
+ESTIMATE_NOTE = ("These are estimates from tensor shapes: on a CPU the RAM estimate was within 3% of the measured "
+                 "peak in real-size runs (BENCHMARKS.md); GPU peaks are not measured yet (bench/gpu_check.sh).")
 
 
 # ===================================================================================================
