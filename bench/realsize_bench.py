@@ -601,6 +601,42 @@ def table(runs: list[Run]) -> str:
     return "\n".join(rows)
 
 
+PLAN_CHOICES = ("weight_dtype", "text_encoder_dtype", "experts_resident", "text_encoder_kept", "blocks_swapped")
+
+
+def measured_anon(results: Path) -> dict[str, float]:
+    """model -> peak anonymous GB from the last table in a results file (this script's own format)."""
+    found: dict[str, float] = {}
+    for line in results.read_text().splitlines() if results.exists() else []:
+        cols = line.split()
+        if len(cols) > 4 and cols[0] in RUNS and cols[1] == "yes":
+            found[cols[0]] = float(cols[3])        # model, done, pred GB, anon GB, ...
+    return found
+
+
+def replan(models, folder: Path, outs: Path, python: str, repo: Path, results: Path) -> str:
+    """The planner of `repo` on the files of the last measured runs: its predicted anonymous RAM beside the
+    measured peak. A measurement still applies only if the plan makes the same choices as the run did
+    (the sidecar's plan), since those set what loads."""
+    measured = measured_anon(results)
+    head = f"{'model':<17} {'ran pred':>8} {'new pred':>8} {'anon GB':>7} {'ratio':>6}  same choices as the run"
+    rows = [head, "-" * len(head)]
+    for m in models:
+        args = ["plan", "--models-dir", str(folder), "--model", m, "--frames", "5", "--json", *RUNS[m]]
+        r = subprocess.run([python, "app.py", *args], cwd=repo, capture_output=True, text=True, timeout=600)
+        new = json.loads(r.stdout) if r.returncode == 0 else {}
+        new = new.get("plan", new)
+        side = outs / f"{m}.json"
+        ran = json.loads(side.read_text()).get("plan", {}) if side.exists() else {}
+        same = [k for k in PLAN_CHOICES if ran.get(k) != new.get(k)]
+        anon = measured.get(m)
+        ratio = f"{anon / new['est_ram_gb']:.2f}" if anon and new.get("est_ram_gb") else "-"
+        rows.append(f"{m:<17} {ran.get('est_ram_gb', '-'):>8} {new.get('est_ram_gb', '-'):>8} "
+                    f"{(f'{anon:.2f}' if anon else '-'):>7} {ratio:>6}  "
+                    + ("yes" if ran and not same else "no run" if not ran else "no: " + ", ".join(same)))
+    return "\n".join(rows)
+
+
 def _git(repo: Path, *args) -> str:
     if not (repo / ".git").exists():
         return ""
@@ -626,6 +662,9 @@ def main(argv=None) -> int:
     ap.add_argument("--components", action="store_true",
                     help="also load each component alone and record its anonymous / file-backed bytes")
     ap.add_argument("--note", default="", help="a line recorded with the results (what was run)")
+    ap.add_argument("--replan", action="store_true",
+                    help="run nothing: this checkout's prediction for the last measured runs (from --results and"
+                         " their sidecars) beside the measured peaks")
     args = ap.parse_args(argv)
     args.repo, args.work = args.repo.resolve(), args.work.resolve()
     models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -640,10 +679,22 @@ def main(argv=None) -> int:
     paths = write_models(folder)
     if args.write_only:
         return 0
-    parts = components_table(paths, args.min_free) if args.components else ""
     python = args.python or (str(args.repo / ".venv" / "bin" / "python")
                              if (args.repo / ".venv" / "bin" / "python").exists() else sys.executable)
     outs = args.work / "out"
+    if args.replan:
+        text = (f"# bench/realsize_bench.py --replan — {time.strftime('%Y-%m-%d %H:%M')}\n"
+                f"# planner of {args.repo}" + (f" at {_git(args.repo, 'rev-parse', '--short', 'HEAD')}"
+                                              if _git(args.repo, "rev-parse", "HEAD") else "")
+                + (" + uncommitted changes" if _git(args.repo, "status", "--porcelain", "--untracked-files=no") else "")
+                + "\n# ran pred = est_ram_gb of the plan that ran (sidecar); new pred = this planner's; anon GB ="
+                  " measured peak RssAnon (last table of the results file); ratio = anon / new pred\n\n"
+                + replan(models, folder, outs, python, args.repo, args.results) + "\n")
+        print(text)
+        with open(args.results, "a") as f:
+            f.write(text + "\n")
+        return 0
+    parts = components_table(paths, args.min_free) if args.components else ""
     outs.mkdir(parents=True, exist_ok=True)
     runs = []
     for m in models:
