@@ -78,10 +78,33 @@ def inputs(cfg: dict, tokens: int, device, dtype):
     return hidden, context, temb, (angle.cos().to(device), angle.sin().to(device))
 
 
+class SyncSwapper(BlockSwapper):
+    """The baseline the app's swapper is measured against: no prefetch, copies on the compute stream, so
+    each swapped block waits for its own copy (what the overlap saves)."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        if self.cuda:
+            self._copy_stream = torch.cuda.current_stream(self.device)
+
+    def _owner_pre(self, module, args):
+        pass
+
+    def _make_pre(self, i: int):
+        def pre(module, args):
+            start = time.perf_counter()
+            self._load(i)
+            if self.cuda:
+                torch.cuda.current_stream(self.device).wait_event(self._slot_loaded[self._loaded[i]])
+            self.hook_seconds += time.perf_counter() - start
+        return pre
+
+
 def measure(stack: BlockStack, args_in, swapped: int, mode: str, device: torch.device, iters: int) -> dict:
     resident = stack.blocks[: len(stack.blocks) - swapped]
     resident.to(device)
-    swapper = BlockSwapper(stack, stack.blocks, swapped, device, mode, notify=print).install()
+    swapper = (SyncSwapper if mode == "sync" else BlockSwapper)(stack, stack.blocks, swapped, device,
+                                                                 notify=print).install()
     cuda = device.type == "cuda"
     try:
         with torch.no_grad():

@@ -98,18 +98,6 @@ def test_swapping_blocks_changes_nothing(swapped):
                for k in state_before)
 
 
-def test_sync_swap_mode_loads_each_block_in_its_own_hook():
-    model = tiny_transformer()
-    reference = run(model)
-    placement = apply_plan(make_plan(blocks_swapped=3), components(model), notify=lambda m: None,
-                           swap_mode="sync")
-    placement.activate("only")
-    assert torch.equal(run(model), reference)
-    swapper = placement._prepared["only"].swapper
-    assert swapper.max_on_device == 1 and swapper.transfers == 3   # no prefetch: one at a time
-    placement.release()
-
-
 def test_swapping_more_blocks_than_exist_is_a_user_error():
     with pytest.raises(UserError) as err:
         apply_plan(make_plan(blocks_swapped=N_BLOCKS + 1), components(tiny_transformer()), notify=lambda m: None)

@@ -67,7 +67,13 @@ def test_scaled_fp8_needs_its_scales(tiny_root, references):
     files = scan([tiny_root["comfyui-fp8-scaled"].path]).resolve(tiny.T21)
     ref = references[tiny.T21].transformer
     assert max_rel_err(load_transformer(files, "only"), ref) < 0.07
-    assert max_rel_err(load_transformer(files, "only", ignore_scales=True), ref) > 10
+    # what a loader unaware of the scales would use: the raw fp8 values of the file
+    from safetensors.torch import load_file
+    raw = load_file(str(files.transformer.path))
+    q = next(k for k in raw if k.endswith("blocks.0.self_attn.q.weight"))
+    assert raw[q].dtype == torch.float8_e4m3fn and raw[q[: -len("weight")] + "scale_weight"].float() != 1
+    want = ref.blocks[0].attn1.to_q.weight.float()
+    assert float((raw[q].float() - want).abs().max() / want.abs().max()) > 10
 
 
 def test_loaded_tiny_model_runs_a_forward_pass_equal_to_the_reference(tiny_root, references):

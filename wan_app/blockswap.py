@@ -37,12 +37,10 @@ def _tensors(module: nn.Module) -> list[torch.Tensor]:
 
 class BlockSwapper:
     def __init__(self, owner: nn.Module, blocks: nn.ModuleList, count: int, device: str | torch.device,
-                 mode: str = "async", notify: Callable[[str], None] = print):
-        if mode not in ("async", "sync"):
-            raise ValueError(f"swap mode must be 'async' or 'sync', not {mode!r}")
+                 notify: Callable[[str], None] = print):
         if not 0 <= count <= len(blocks):
             raise ValueError(f"cannot swap {count} of {len(blocks)} blocks")
-        self.owner, self.blocks, self.count, self.mode = owner, blocks, count, mode
+        self.owner, self.blocks, self.count = owner, blocks, count
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
         self.first = len(blocks) - count
@@ -56,7 +54,7 @@ class BlockSwapper:
         self.transfers = 0                                 # block loads issued (tests, benchmark)
         self.hook_seconds = 0.0                            # host time spent inside the hooks (benchmark)
         if self.cuda:
-            self._copy_stream = torch.cuda.Stream(self.device) if mode == "async" else None
+            self._copy_stream = torch.cuda.Stream(self.device)
             self._slot_loaded = [torch.cuda.Event(), torch.cuda.Event()]
             self._slot_free = [torch.cuda.Event(), torch.cuda.Event()]
 
@@ -111,8 +109,7 @@ class BlockSwapper:
     def _owner_pre(self, module, args):
         # Start the first swapped block's copy at forward start, so it overlaps the embeddings and the
         # resident blocks.
-        if self.mode == "async":
-            self._load(self.first)
+        self._load(self.first)
 
     def _make_pre(self, i: int):
         def pre(module, args):
@@ -120,7 +117,7 @@ class BlockSwapper:
             self._load(i)                                    # no-op when prefetched
             if self.cuda:
                 torch.cuda.current_stream(self.device).wait_event(self._slot_loaded[self._loaded[i]])
-            if self.mode == "async" and i + 1 < len(self.blocks):
+            if i + 1 < len(self.blocks):
                 self._load(i + 1)                            # overlaps with block i's compute
             self.hook_seconds += time.perf_counter() - start
         return pre
@@ -141,7 +138,7 @@ class BlockSwapper:
         slot = (i - self.first) % 2
         tensors = _tensors(self.blocks[i])
         if self.cuda:
-            stream = self._copy_stream or torch.cuda.current_stream(self.device)
+            stream = self._copy_stream
             with torch.cuda.stream(stream):
                 stream.wait_event(self._slot_free[slot])   # the slot's previous block is done computing
                 for t, home, dst in zip(tensors, self._homes[i], self._slots[slot]):

@@ -111,7 +111,7 @@ def upcast_on_forward(model: nn.Module, compute: torch.dtype) -> list:
 class _Transformer:
     """One DiT prepared for a plan: cast, fp8, swap hooks, homes for the resident part."""
 
-    def __init__(self, model, plan: Plan, device: torch.device, swap_mode: str, notify):
+    def __init__(self, model, plan: Plan, device: torch.device, notify):
         self.model = model
         compute = TORCH_DTYPES[plan.compute_dtype]
         keep = list(getattr(model, "_keep_in_fp32_modules", None) or [])
@@ -125,7 +125,7 @@ class _Transformer:
                 enable_scaled_mm(model, notify, device)
         elif storage != compute:
             self._upcast = upcast_on_forward(model, compute)
-        self.swapper = BlockSwapper(model, model.blocks, plan.blocks_swapped, device, swap_mode, notify).install()
+        self.swapper = BlockSwapper(model, model.blocks, plan.blocks_swapped, device, notify).install()
         owned = {id(t) for i in self.swapper.swapped_indices
                  for t in list(model.blocks[i].parameters()) + list(model.blocks[i].buffers())}
         self.homes = _Homes(model, exclude=owned)
@@ -140,13 +140,12 @@ class _Transformer:
 
 
 class Placement:
-    def __init__(self, plan: Plan, components, notify, load_expert, swap_mode: str):
+    def __init__(self, plan: Plan, components, notify, load_expert):
         self.plan = plan
         self.components = components
         self.device = torch.device(plan.device)
         self._notify = notify
         self._load_expert = load_expert
-        self._swap_mode = swap_mode
         self._prepared: dict[str, _Transformer | None] = {}
         self._active: str | None = None
         self._te_homes: _Homes | None = None
@@ -160,8 +159,7 @@ class Placement:
 
     def _prepare(self, which: str) -> None:
         model = getattr(self.components, self._attr(which))
-        self._prepared[which] = _Transformer(model, self.plan, self.device, self._swap_mode,
-                                             self._notify)
+        self._prepared[which] = _Transformer(model, self.plan, self.device, self._notify)
         self.attention_backend = choose_attention(model, self.plan.attention_backend, self.device,
                                                   self._notify, self.plan.compute_dtype)
 
@@ -272,11 +270,10 @@ class Placement:
 
 
 def apply_plan(plan: Plan, components, notify: Callable[[str], None] = print,
-               load_expert: Callable[[str], nn.Module] | None = None,
-               swap_mode: str = "async") -> Placement:
+               load_expert: Callable[[str], nn.Module] | None = None) -> Placement:
     """Prepare every model for `plan`; DiT weights reach the device on Placement.activate()."""
     _check(plan, components, load_expert)
-    placement = Placement(plan, components, notify, load_expert, swap_mode)
+    placement = Placement(plan, components, notify, load_expert)
     placement._global_backend_before = _get_global_backend()
     spec = getattr(components, "spec", None)
     a14b = components.transformer_2 is not None or getattr(spec, "experts", 1) == 2

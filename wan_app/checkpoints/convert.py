@@ -23,21 +23,20 @@ def _dtype_fn(dtype) -> Callable[[str], torch.dtype]:
     return (lambda _k: dtype) if isinstance(dtype, torch.dtype) else dtype
 
 
-def dequantize(sd: dict[str, torch.Tensor], dtype: torch.dtype | Callable[[str], torch.dtype],
-               ignore_scales: bool = False) -> dict[str, torch.Tensor]:
+def dequantize(sd: dict[str, torch.Tensor], dtype: torch.dtype | Callable[[str], torch.dtype]
+               ) -> dict[str, torch.Tensor]:
     """fp8 weights -> `dtype`; scaled fp8: weight · scale_weight (diffusers alone would drop the scales).
 
     `dtype` is one dtype, or a function of the key giving each tensor its own (a model stored in bf16
     keeps its `_keep_in_fp32_modules` in fp32). Tensors already in their dtype are passed through
     untouched, so they stay backed by the file's mmap; the others are converted one at a time.
-    `ignore_scales` reproduces what a loader unaware of the scales does (tests show it is far off).
     """
     want = _dtype_fn(dtype)
     out: dict[str, torch.Tensor] = {}
     for k, v in sd.items():
         if k in _MARKERS or k.endswith(_DROP_SUFFIXES):
             continue
-        scale = None if ignore_scales else sd.get(k[: -len(".weight")] + SCALE_WEIGHT) if k.endswith(".weight") else None
+        scale = sd.get(k[: -len(".weight")] + SCALE_WEIGHT) if k.endswith(".weight") else None
         if scale is not None:
             s = scale.to(torch.float32)
             if s.ndim == 1 and v.ndim > 1:          # per-output-channel scales, should a file use them

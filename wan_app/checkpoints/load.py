@@ -200,7 +200,7 @@ def param_dtype(name: str, storage: torch.dtype, keep_fp32) -> torch.dtype:
     return torch.float32 if storage != torch.float32 and any(k in name for k in keep_fp32) else storage
 
 
-def build_transformer(found, spec: ModelSpec, dtype: torch.dtype = torch.float32, ignore_scales: bool = False,
+def build_transformer(found, spec: ModelSpec, dtype: torch.dtype = torch.float32,
                       fp8: bool = False, storage_dtype: str | torch.dtype | None = None):
     """One DiT, built tensor by tensor in its storage dtype from the file's mmap.
 
@@ -225,7 +225,7 @@ def build_transformer(found, spec: ModelSpec, dtype: torch.dtype = torch.float32
     if fp8:
         sd = convert.keep_fp8(raw, lambda k: k.startswith("blocks."), want)
     else:
-        sd = convert.dequantize(raw, want, ignore_scales=ignore_scales)
+        sd = convert.dequantize(raw, want)
     del raw
     ident = found.ident
     ident.extra["cross_attn_norm"] = "blocks.0.norm2.weight" in sd
@@ -235,7 +235,7 @@ def build_transformer(found, spec: ModelSpec, dtype: torch.dtype = torch.float32
     return model
 
 
-def load_transformer(files, which: str = "only", dtype: torch.dtype = torch.float32, ignore_scales: bool = False,
+def load_transformer(files, which: str = "only", dtype: torch.dtype = torch.float32,
                      fp8: bool = False, storage_dtype: str | torch.dtype | None = None):
     """One DiT: "only" / "high" -> files.transformer, "low" -> files.transformer_2 (A14B, one at a time).
     `dtype`: compute dtype; `storage_dtype`: the plan's weight dtype (see build_transformer)."""
@@ -244,7 +244,7 @@ def load_transformer(files, which: str = "only", dtype: torch.dtype = torch.floa
     found = files.transformer_2 if which == "low" else files.transformer
     if found is None:
         raise UserError("which", f"{files.spec.name} has no '{which}' expert", "use 'only' or 'high'")
-    return build_transformer(found, files.spec, dtype, ignore_scales, fp8, storage_dtype)
+    return build_transformer(found, files.spec, dtype, fp8, storage_dtype)
 
 
 # ---------------------------------------------------------------------------------------------- umT5
