@@ -317,26 +317,25 @@ def compile_row(ctx: Ctx, spec, models, plan, w, h, f, disk) -> Row:
     if importlib.util.find_spec("triton") is None:
         return Row("1.3B", "torch.compile of the blocks", note="skipped: Triton is not installed")
     import torch._dynamo as dynamo
-    from torch._dynamo.utils import counters
+    from wan_app import compile_blocks          # what the app runs with --compile on
     dynamo.reset()
     model = models["only"]
     graphs: list[int] = []          # graphs compiled so far, at the start of each step and at the end
 
     def count(i, which):
-        graphs.append(int(counters["stats"]["unique_graphs"]))
+        graphs.append(compile_blocks.graphs_compiled())
     try:
         res = run_sampler(ctx, spec, models, plan, f, 2, 5.0, w=w, h=h, hooks=(count,),
-                          prep=lambda out: model.compile_repeated_blocks(fullgraph=False))
+                          prep=lambda out: compile_blocks.compile_blocks(model))
         count(-1, None)
     finally:
-        for b in model.blocks:
-            b._compiled_call_impl = None       # back to eager for the next rows
+        compile_blocks.uncompile_blocks(model)       # back to eager for the next rows
         dynamo.reset()
     warm, steady = res["steps"][0], res["steps"][-1]
     later = graphs[-1] - graphs[1]
     return Row("1.3B", "torch.compile of the blocks", _plan_words(plan), steady, res.get("peak_gb"),
                _sample_estimate(ctx.hw, spec, plan, w, h, f, disk), plan.est_vram_gb or None,
-               f"warm-up (step 1, compiling) {warm:.1f} s; {graphs[1]} graphs compiled in step 1, {later} in "
+               f"warm-up (step 1, compiling) {warm:.1f} s; {graphs[1] - graphs[0]} graphs compiled in step 1, {later} in "
                f"step 2" + (" (RECOMPILED)" if later else ""))
 
 

@@ -36,6 +36,8 @@ def add_overrides(p: argparse.ArgumentParser) -> None:
     g.add_argument("--vae-tiling", choices=("on", "off"), help="decode the video in tiles")
     g.add_argument("--experts-resident", choices=("both", "one"),
                    help="Wan2.2 A14B: keep both experts in RAM, or stream one at a time from disk")
+    g.add_argument("--compile", choices=("on", "off"),
+                   help="torch.compile the transformer blocks (NVIDIA GPU with Triton; default off)")
 
 
 def overrides_from(args) -> Overrides:
@@ -43,7 +45,8 @@ def overrides_from(args) -> Overrides:
         blocks_swapped=args.blocks_swapped, weight_dtype=args.weight_dtype, text_encoder=args.text_encoder,
         attention=args.attention,
         vae_tiling=None if args.vae_tiling is None else args.vae_tiling == "on",
-        experts_resident=args.experts_resident)
+        experts_resident=args.experts_resident,
+        compile=None if args.compile is None else args.compile == "on")
 
 
 def add_request_args(p: argparse.ArgumentParser, frames_help: str, required: bool = True,

@@ -47,6 +47,7 @@ class Hardware:
     attention_failures: dict[str, str] = field(default_factory=dict)
     cpu_count: int = 1
     simulated_machine: bool = False
+    triton: bool = False      # Triton is installed (torch.compile's GPU compiler; wan_app.compile_blocks)
 
     @property
     def device(self) -> str:
@@ -60,8 +61,9 @@ class Hardware:
                   attention: tuple[str, ...] = ("sdpa_flash", "sdpa_efficient", "sdpa"),
                   attention_failures: dict[str, str] | None = None, mps: bool = False,
                   free_vram_gb: float | None = None, ram_available_gb: float | None = None,
-                  cpu_count: int = 8) -> "Hardware":
-        """A fake machine. vram_gb=None: no NVIDIA GPU (CPU-only, or Apple silicon with mps=True)."""
+                  cpu_count: int = 8, triton: bool | None = None) -> "Hardware":
+        """A fake machine. vram_gb=None: no NVIDIA GPU (CPU-only, or Apple silicon with mps=True).
+        triton=None: a simulated NVIDIA machine has Triton (as torch's Linux CUDA wheels bring it)."""
         if vram_gb is not None and mps:
             raise ValueError("a simulated machine has either an NVIDIA GPU (vram_gb) or MPS, not both")
         gpus = [] if vram_gb is None else [
@@ -77,7 +79,7 @@ class Hardware:
         avail = ram_gb * 0.9 if ram_available_gb is None else ram_available_gb
         return cls(gpus=gpus, mps=mps, ram_total_gb=float(ram_gb), ram_available_gb=float(avail),
                    attention=attention, attention_failures=failures, cpu_count=cpu_count,
-                   simulated_machine=True)
+                   simulated_machine=True, triton=bool(gpus) if triton is None else triton)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -182,6 +184,9 @@ def detect(probes: dict[str, Callable[[str], None]] | None = None) -> Hardware:
                   cpu_count=os.cpu_count() or 1)
     ok, failures = probe_attention(hw.device, probes) if probes is not None else _cached_probe(hw.device)
     hw.attention, hw.attention_failures = list(ok), dict(failures)
+    if gpus:
+        from .compile_blocks import triton_installed
+        hw.triton = triton_installed()
     if gpus and probes is None:
         from .fp8_matmul import choose_fp8_path
         for i, g in enumerate(gpus):

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from .blockswap import BlockSwapper
+from .compile_blocks import compile_blocks, uncompile_blocks
 from .errors import UserError
 from .fp8 import store_fp8_scaled
 from .plan_types import Plan
@@ -129,6 +130,8 @@ class _Transformer:
         owned = {id(t) for i in self.swapper.swapped_indices
                  for t in list(model.blocks[i].parameters()) + list(model.blocks[i].buffers())}
         self.homes = _Homes(model, exclude=owned)
+        if plan.compiled:          # last: the swap hooks stay outside the compiled forwards
+            compile_blocks(model)
 
     _upcast: list = []
 
@@ -136,6 +139,7 @@ class _Transformer:
         self.swapper.remove()
         for h in self._upcast:
             h.remove()
+        uncompile_blocks(self.model)
         self.homes.offload()
 
 

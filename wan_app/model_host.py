@@ -55,7 +55,7 @@ class ModelHost:
                     plan.experts_resident)
         wanted = {which: tuple((str(p), s) for p, s in pairs) for which, pairs in per_expert(list(loras)).items()}
         place_key = (comp_key, plan.device, plan.blocks_swapped, plan.attention_backend, plan.vae_tiling,
-                     plan.text_encoder_device, tuple(sorted(wanted.items())))
+                     plan.text_encoder_device, plan.compiled, tuple(sorted(wanted.items())))
         if self.placement is not None and self._place_key == place_key:
             return
         # fp8 storage cannot be undone in place, so a new fp8 placement reloads.

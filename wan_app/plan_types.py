@@ -20,6 +20,7 @@ class Overrides:
     attention: str | None = None          # sage / flash / sdpa / native
     vae_tiling: bool | None = None
     experts_resident: str | None = None   # A14B: "both" or "one"
+    compile: bool | None = None           # torch.compile the blocks (None: the planner decides: off for now)
 
     def to_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -95,6 +96,7 @@ class Plan:
     cfg_passes: int = 2               # forwards per step: 1 at CFG scale 1 (no negative prompt), else 2
     fp8_matmul: bool = False          # fp8 weights multiply in fp8 (torch._scaled_mm) instead of an upcast
     step_cache: str = "off"           # what the step cache will skip (wan_app.stepcache summary), or "off"
+    compiled: bool = False            # transformer blocks run through torch.compile (wan_app.compile_blocks)
     vram_budget_gb: float = 0.0       # what the plan may fill: GPU memory after the safety margin
     ram_budget_gb: float = 0.0        # RAM after what the system uses and a margin
     reasons: list[str] = field(default_factory=list)

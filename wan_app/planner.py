@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from .catalog import ModelSpec
 from .errors import UserError
 from .hardware import GB, Hardware
+from .compile_blocks import unavailable_reason
 from .plan_types import ATTENTION_BACKENDS, DTYPES, DiskWeights, Overrides, Plan
 from .sizes import (
     COMPUTE_BYTES, DEVICE_CONTEXT_GB, ESTIMATE_NOTE, FP8_UPCAST_LINEARS_IN_FLIGHT, MAX_FRAMES_CONSIDERED,
@@ -53,6 +54,7 @@ class _Machine:
     efficient_sdpa: bool      # torch SDPA's flash or memory-efficient kernel ran here
     attention: tuple[str, ...]
     attention_failures: tuple[tuple[str, str], ...]
+    triton: bool = False
 
     @property
     def half(self) -> str:
@@ -73,7 +75,7 @@ def _machine(hw: Hardware) -> _Machine:
     ram_budget = max(0.0, hw.ram_total_gb * (1 - RAM_SYSTEM_FRACTION) - ram_margin)
     common = dict(ram_total=hw.ram_total_gb, ram_budget=ram_budget, attention=tuple(hw.attention),
                   attention_failures=tuple(hw.attention_failures.items()),
-                  efficient_sdpa=bool({"sdpa_flash", "sdpa_efficient"} & set(hw.attention)))
+                  efficient_sdpa=bool({"sdpa_flash", "sdpa_efficient"} & set(hw.attention)), triton=hw.triton)
     if hw.gpus:
         g = hw.gpus[0]
         margin = max(VRAM_MARGIN_MIN_GB, VRAM_MARGIN_FRACTION * g.total_gb)
@@ -453,6 +455,13 @@ def _validate_overrides(hw: Hardware, m: _Machine, spec: ModelSpec, ov: Override
             raise UserError("experts_resident", f"'{ov.experts_resident}' is not an option", "use both or one")
         if spec.experts == 2:
             forced.append("experts_resident")
+    if ov.compile is not None:
+        if not isinstance(ov.compile, bool):
+            raise UserError("compile", f"{ov.compile!r} is not on or off", "use on or off")
+        why = unavailable_reason(m.kind, m.triton) if ov.compile else None
+        if why:
+            raise UserError("compile", why, "use off (the blocks run uncompiled)")
+        forced.append("compile")
     return forced
 
 
@@ -463,6 +472,7 @@ _FIX_WORDS = {
     "attention": lambda c: f"attention={c.attention}",
     "vae_tiling": lambda c: f"vae_tiling={c.tiling}",
     "experts_resident": lambda c: f"experts_resident={c.experts}",
+    "compile": lambda c: "compile=off",
 }
 
 
@@ -508,7 +518,7 @@ def plan(hw: Hardware, spec: ModelSpec, width: int, height: int, frames: int,
         experts_resident=c.experts, cfg_batched=c.cfg_batched,
         est_vram_gb=_up(e.peak_dev) if m.kind != "cpu" else 0.0, est_ram_gb=_up(e.peak_host),
         est_file_gb=_up(e.file), cfg_passes=cfg_passes, step_cache=step_cache,
-        fp8_matmul=c.weight_dtype == "fp8" and m.scaled_mm,
+        fp8_matmul=c.weight_dtype == "fp8" and m.scaled_mm, compiled=bool(ov.compile),
         vram_budget_gb=_round(m.vram_budget), ram_budget_gb=_round(m.ram_budget),
         forced=list(forced), text_encoder_kept=c.te_kept, blocker=blocker)
     p.reasons = _reasons(p, m, spec, width, height, frames, e, disk, sol.sequential_copies)
@@ -674,6 +684,13 @@ def _reasons(p: Plan, m: _Machine, spec, w, h, frames, e: _Est, disk: DiskWeight
     if p.attention_backend in ("sdpa", "native") and not m.efficient_sdpa:
         att += ("; only torch's math kernel ran here: its O(tokens²) scores limit the frame count")
     r.append(att)
+    if p.compiled:
+        r.append("Transformer blocks compiled with torch.compile" + tag("compile")
+                 + ": the first step at a new size compiles them (shown as its own phase), later steps run faster")
+    elif m.kind == "cuda":
+        r.append("torch.compile off" + (tag("compile") if "compile" in forced else
+                 (": not measured on a GPU yet (bench/gpu_check.sh); turn it on in Settings or with --compile"
+                  if m.triton else ": Triton is not installed")))
 
     dec_full = vae_decode_gb(spec, w, h, frames, False)
     room = (p.vram_budget_gb - DEVICE_CONTEXT_GB[m.kind]) if m.kind != "cpu" else p.ram_budget_gb

@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from . import events, sampling
+from . import compile_blocks, events, sampling
 from .errors import Cancelled
 from .preview import latent_to_rgb
 
@@ -188,6 +188,7 @@ def _sample(req, spec, plan, placement, latents, cond, uncond, emit, conditionin
     expert, forwards = None, 0
     t0 = time.perf_counter()
     n = schedule.steps
+    warm_steps, graphs_after_warmup = 0, None    # compiled blocks: steps spent compiling, graphs since
     for i, t in enumerate(schedule.timesteps):
         if cancel is not None and cancel.is_set():
             raise Cancelled()
@@ -207,6 +208,11 @@ def _sample(req, spec, plan, placement, latents, cond, uncond, emit, conditionin
             cache.attach(model)
         scale = req.guidance_2 if want == "low" else req.guidance
         x_model, t_model = conditioning.model_input(x, t.to(device))
+        batch = 2 if both is not None and cfg_passes(scale) == 2 else 1
+        compiling = compile_blocks.first_forward(model, (batch, *x_model.shape[1:]), dtype)
+        if compiling:
+            emit(events.Progress("compile", i, n, message="compiling the transformer blocks for this size "
+                                 "(once; later steps reuse it)", window=window, windows=windows))
         if cfg_passes(scale) == 1:
             v = _forward(model, x_model.to(dtype), t_model, cond, extra)
             forwards += 1
@@ -221,9 +227,15 @@ def _sample(req, spec, plan, placement, latents, cond, uncond, emit, conditionin
         emit(events.Preview(i + 1, n, latent_to_rgb(x0, spec.vae), expert=None if want == "only" else want,
                             window=window))
         x = solver.step(v, t, x)
+        if compiling:     # the compiling step says nothing about seconds per step: count from here
+            t0, warm_steps, graphs_after_warmup = time.perf_counter(), i + 1, compile_blocks.graphs_compiled()
         elapsed = time.perf_counter() - t0
-        emit(events.Progress("sample", i + 1, n, eta_s=eta(i + 1, n, elapsed) if eta else None,
+        timed = i + 1 - warm_steps
+        emit(events.Progress("sample", i + 1, n, eta_s=eta(timed, n - warm_steps, elapsed) if eta and timed else None,
                              message=f"step {i + 1}/{n}", window=window, windows=windows))
+    if graphs_after_warmup is not None and compile_blocks.graphs_compiled() > graphs_after_warmup:
+        emit(events.Notice(f"torch.compile compiled {compile_blocks.graphs_compiled() - graphs_after_warmup} more "
+                           "graph(s) after the first step (recompiles cost time; see the console log)"))
     x = conditioning.finish(x)
     skipped = cache.forwards_skipped if cache is not None else 0
     return Sampled(x.float().cpu(), schedule, forwards - skipped, skipped)

@@ -109,6 +109,7 @@ _OVERRIDE_CHECKS = {
     "attention": _choice(plan_types.ATTENTION_BACKENDS),
     "vae_tiling": _bool,
     "experts_resident": _choice(EXPERTS_RESIDENT),
+    "compile": _bool,
 }
 assert set(_OVERRIDE_CHECKS) == {f.name for f in fields(Overrides)}, "a new Overrides field needs a check"
 
