@@ -146,23 +146,50 @@ def make_video(app, **kw) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------- tests
+SLOW_STEP = 1.0        # seconds per step while a Stop test clicks: a busy machine cannot outrun the run
+
+
+def shown_step(page, prefix: str = "wan") -> int:
+    return int(page.evaluate(f"document.querySelector('#{prefix}-status .wan-progress')?.dataset.step") or 0)
+
+
+def run_out_the_clock(app, before: set, seconds: float = 6.0) -> set:
+    """Steps at full speed: a job that ignored Stop would now finish within seconds. Returns what was
+    written since `before` once that time passed."""
+    app.set_step_delay(0.0)
+    time.sleep(seconds)
+    return videos(app) - before
+
+
 def test_double_generate_then_stop_stops_the_run_and_no_video_is_written(app, browser):
+    """Generate clicked again while queued and while running, then Stop: the run stops within a few
+    steps, and it stays stopped. The steps are slow while the test clicks, then fast: a run that ignored
+    Stop (as when every click replaced the session's cancel event) would finish and write its video."""
     page = open_page(browser, app)
-    set_number(page, "wan-steps", 40)
+    set_number(page, "wan-steps", 30)
+    assert value(page, "wan-steps") == "30"
     page.locator("#wan-prompt textarea").fill("a heron takes off")
     before = videos(app)
-    page.locator("#wan-generate").click()
-    page.locator("#wan-generate").click(force=True)        # a second click during the run
-    wait_phase(page, "sample")
-    step = step_seconds(page)
-    page.locator("#wan-generate").click(force=True)
-    page.wait_for_timeout(500)
-    page.locator("#wan-stop").click()
-    t0 = time.time()
-    wait_phase(page, "stopped", timeout=60)
-    assert time.time() - t0 < 3 * step + 2, f"Stop took {time.time() - t0:.1f}s at {step:.2f}s per step"
-    time.sleep(10 * step)
-    assert videos(app) == before, "a stopped run (or a duplicate) wrote a video"
+    app.set_step_delay(SLOW_STEP)
+    try:
+        page.locator("#wan-generate").click()
+        page.locator("#wan-generate").click(force=True)        # a second click while it is queued
+        wait_phase(page, "sample")
+        step = step_seconds(page)
+        page.locator("#wan-generate").click(force=True)        # and one while it runs
+        page.wait_for_timeout(500)
+        page.locator("#wan-stop").click()
+        t0 = time.time()
+        wait_phase(page, "stopped", timeout=60)
+        took = time.time() - t0
+        stopped_at = shown_step(page)
+        assert took < 3 * step + 2, f"Stop took {took:.1f}s at {step:.2f}s per step"
+        written = run_out_the_clock(app, before)
+    finally:
+        app.set_step_delay(STEP_DELAY)
+    assert not written, f"a stopped run (or a duplicate) wrote a video: {written}"
+    assert phase(page) == "stopped", page.locator("#wan-status").inner_text()
+    assert stopped_at < 30, "the run reached its last step before Stop: this test proved nothing"
     page.wait_for_function("!document.querySelector('#wan-generate').disabled")
     page.close()
 
@@ -173,19 +200,25 @@ def test_stop_on_extend_after_clicking_generate_on_text_to_video(app, browser):
     page.locator("#wan-extend-prompt textarea").fill("a boat drifts\nthe boat reaches the shore")
     set_number(page, "wan-extend-total", 25)
     before = videos(app)
-    page.locator("#wan-extend-go").click()
-    wait_phase(page, "sample", prefix="wan-extend")
-    step = step_seconds(page, "wan-extend")
-    page.get_by_role("tab", name="Text to Video").click()
-    page.locator("#wan-prompt textarea").fill("another job")
-    page.locator("#wan-generate").click(force=True)        # disabled while Extend runs: ignored
-    page.wait_for_timeout(500)
-    page.locator("#wan-stop").click()                      # Stop on this tab stops the session's job
-    t0 = time.time()
-    page.get_by_role("tab", name="Extend").click()
-    wait_phase(page, "stopped", prefix="wan-extend", timeout=60)
-    assert time.time() - t0 < 3 * step + 3, f"Extend took {time.time() - t0:.1f}s to stop at {step:.2f}s per step"
-    time.sleep(5 * step)
+    app.set_step_delay(SLOW_STEP)
+    try:
+        page.locator("#wan-extend-go").click()
+        wait_phase(page, "sample", prefix="wan-extend")
+        step = step_seconds(page, "wan-extend")
+        page.get_by_role("tab", name="Text to Video").click()
+        page.locator("#wan-prompt textarea").fill("another job")
+        page.locator("#wan-generate").click(force=True)        # disabled while Extend runs: ignored
+        page.wait_for_timeout(500)
+        page.locator("#wan-stop").click()                      # Stop on this tab stops the session's job
+        t0 = time.time()
+        page.get_by_role("tab", name="Extend").click()
+        wait_phase(page, "stopped", prefix="wan-extend", timeout=60)
+        took = time.time() - t0
+        assert took < 3 * step + 3, f"Extend took {took:.1f}s to stop at {step:.2f}s per step"
+        run_out_the_clock(app, before)
+    finally:
+        app.set_step_delay(STEP_DELAY)
+    assert phase(page, "wan-extend") == "stopped", page.locator("#wan-extend-status").inner_text()
     assert phase(page) != "done", "the Text to Video click started a job while Extend ran"
     finished = [p for p in videos(app) - before if not p.with_suffix(".json").exists()
                 or '"complete": true' in p.with_suffix(".json").read_text()]

@@ -1,9 +1,11 @@
 """Start the web app for tests: `python tests/ui_app_runner.py --port N --models-dir D --outputs-dir O
-[--step-delay S] [--share] [--listen] [--auth U:P] [--auth-file F] [--settings F]`.
+[--step-delay S] [--step-delay-file F] [--share] [--listen] [--auth U:P] [--auth-file F] [--settings F]`.
 
 Tests launch it as a subprocess and wait for the port. `--step-delay` adds a sleep before every denoising
 step through the engine's public `step_hooks`, so a browser or client can watch previews change and press
-Stop while tiny models would otherwise finish in milliseconds.
+Stop while tiny models would otherwise finish in milliseconds. `--step-delay-file` holds a number that
+replaces it while the app runs (read before every step): a test slows the steps down while it acts on a
+busy machine, and speeds them up again to show what an ignored Stop would have led to.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ def main(argv=None) -> int:
     p.add_argument("--outputs-dir", required=True)
     p.add_argument("--settings", default=None, help="default: settings.json inside the outputs folder's parent")
     p.add_argument("--step-delay", type=float, default=0.0, help="seconds to sleep before each step")
+    p.add_argument("--step-delay-file", default=None, help="a file whose number replaces --step-delay")
     p.add_argument("--share", action="store_true")
     p.add_argument("--listen", action="store_true")
     p.add_argument("--auth", default=None)
@@ -37,9 +40,17 @@ def main(argv=None) -> int:
     if args.settings is None:
         args.settings = str(Path(args.outputs_dir).resolve().parent / "settings.json")
 
+    def delay() -> float:
+        if args.step_delay_file:
+            try:
+                return float(Path(args.step_delay_file).read_text().strip())
+            except (OSError, ValueError):
+                pass
+        return args.step_delay
+
     def configure(engine):
-        if args.step_delay > 0:
-            engine.step_hooks.append(lambda step, expert: time.sleep(args.step_delay))
+        if args.step_delay > 0 or args.step_delay_file:
+            engine.step_hooks.append(lambda step, expert: time.sleep(max(0.0, delay())))
 
     return launch(args, configure_engine=configure)
 
@@ -52,9 +63,16 @@ if __name__ == "__main__":
 class RunningApp:
     """A runner subprocess; `url`, `port`, `outputs_dir`, and the console text seen so far in `log()`."""
 
-    def __init__(self, proc, port: int, outputs_dir: Path, log_path: Path):
+    def __init__(self, proc, port: int, outputs_dir: Path, log_path: Path, delay_path: Path | None = None):
         self.proc, self.port, self.outputs_dir, self.log_path = proc, port, outputs_dir, log_path
+        self.delay_path = delay_path
         self.url = f"http://127.0.0.1:{port}/"
+
+    def set_step_delay(self, seconds: float) -> None:
+        """The seconds every following denoising step waits (written whole: the app never reads half)."""
+        tmp = self.delay_path.with_suffix(".tmp")
+        tmp.write_text(f"{seconds}")
+        os.replace(tmp, self.delay_path)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -85,9 +103,13 @@ def start_app(models_dirs, outputs_dir, workdir, *extra: str, step_delay: float 
     port = port or free_port()
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    log_path = workdir / f"app-{port}-{time.time_ns()}.log"
+    stamp = time.time_ns()
+    log_path = workdir / f"app-{port}-{stamp}.log"
+    delay_path = workdir / f"step-delay-{port}-{stamp}.txt"
+    delay_path.write_text(f"{step_delay}")
     cmd = [sys.executable, str(Path(__file__).resolve()), "--port", str(port), "--outputs-dir", str(outputs_dir),
-           "--settings", str(settings or workdir / f"settings-{port}.json"), "--step-delay", str(step_delay), *extra]
+           "--settings", str(settings or workdir / f"settings-{port}.json"), "--step-delay", str(step_delay),
+           "--step-delay-file", str(delay_path), *extra]
     for d in models_dirs:
         cmd += ["--models-dir", str(d)]
     env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1",
@@ -95,7 +117,7 @@ def start_app(models_dirs, outputs_dir, workdir, *extra: str, step_delay: float 
     log_file = open(log_path, "w")
     proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env,
                             cwd=str(Path(__file__).resolve().parents[1]))
-    app = RunningApp(proc, port, Path(outputs_dir), log_path)
+    app = RunningApp(proc, port, Path(outputs_dir), log_path, delay_path)
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
