@@ -11,7 +11,7 @@ from wan_app import events
 from wan_app.cli import main
 from wan_app.engine import Engine
 from wan_app.hardware import Hardware
-from wan_app.media import read_metadata
+from wan_app.media import probe, read_metadata
 from wan_app.request import Request
 from tests.conftest import image_args
 from tests.support import clip, load
@@ -73,15 +73,26 @@ def test_a14b_with_cfg_1_on_one_expert_only_skips_that_experts_uncond(tiny_root,
 
 def test_plan_json_equals_the_plan_in_the_videos_sidecar_for_every_tiny_layout(tiny_root, tmp_path, capsys,
                                                                               test_images):
+    """Every layout through the CLI's main() (the code path of `python app.py generate`; one real subprocess
+    in tests/test_engine.py checks the entry point): the mp4 and its metadata, and its plan = `plan --json`."""
+    assert len(tiny_root) >= 10
     for name, info in tiny_root.items():
         common = ["--models-dir", str(info.path), "--model", info.model_id, "--frames", "9", "--size", "64x64",
-                  "--steps", "2", *image_args(info.model_id, test_images)]
+                  "--steps", "3", *image_args(info.model_id, test_images)]
         assert main(["plan", *common, "--json"]) == 0, name
         planned = json.loads(capsys.readouterr().out)
         out = tmp_path / f"{name}.mp4"
-        assert main(["generate", *common, "--prompt", "a kite", "--seed", "1", "--out", str(out), "--quiet"]) == 0
+        assert main(["generate", *common, "--prompt", "a red ball rolls", "--seed", "7", "--out", str(out),
+                     "--quiet"]) == 0, name
         capsys.readouterr()
-        ran = read_metadata(out)["plan"]
+        vi = probe(out)
+        assert (vi.frames, vi.width, vi.height) == (9, 64, 64), name
+        meta = read_metadata(out)
+        assert meta["model"] == info.model_id
+        assert meta["request"]["seed"] == 7 and meta["request"]["prompt"] == "a red ball rolls"
+        assert meta["frames"] == 9 and len(meta["timesteps"]) == 3
+        assert json.loads((out.with_suffix(".json")).read_text())["model"] == info.model_id
+        ran = meta["plan"]
         assert planned == ran, (name, {k: (planned[k], ran.get(k)) for k in planned if planned[k] != ran.get(k)})
 
 
