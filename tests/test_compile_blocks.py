@@ -172,3 +172,19 @@ def test_a_compiled_run_shows_one_compile_phase_leaves_it_out_of_the_eta_and_equ
     again = list(engine.run(Request(**{**req, "seed": 4})))
     assert isinstance(again[-1], events.Finished)
     assert not [e for e in again if isinstance(e, events.Progress) and e.phase == "compile"]
+
+
+def test_fp8_and_gguf_weights_compile_once_each_with_their_own_compile_phase(eager_compiler, tiny_root, tmp_path,
+                                                                            monkeypatch):
+    monkeypatch.setattr(planner, "unavailable_reason", lambda kind, triton: None)
+    for name in ("comfyui-fp8-scaled", "comfyui-gguf-q8_0", "comfyui-gguf-q4_k"):
+        info = tiny_root[name]
+        engine = Engine([info.path], tmp_path / name, hardware=CPU, overrides=Overrides(compile=True))
+        before = compile_blocks.graphs_compiled()
+        evs = list(engine.run(Request(model=info.model_id, prompt="a fox", frames=9, width=64, height=64, steps=3,
+                                      seed=3)))
+        assert isinstance(evs[-1], events.Finished), (name, evs[-1])
+        assert evs[-1].metadata["plan"]["weight_dtype"] == ("fp8" if "fp8" in name else "gguf")
+        assert compile_blocks.graphs_compiled() - before == 1, name          # these layers, this size: once
+        assert sum(isinstance(e, events.Progress) and e.phase == "compile" for e in evs) == 1, name
+        assert not [e for e in evs if isinstance(e, events.Notice) and "more graph" in e.message], name

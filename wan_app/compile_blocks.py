@@ -22,7 +22,7 @@ from torch import nn
 BACKEND = "inductor"
 
 _graphs = 0                          # graphs compiled in this process (all models)
-_warm: set[tuple] = set()            # (model width, input shape, dtype) already compiled
+_warm: set[tuple] = set()            # (a block's layers and tensors, input shape, dtype) already compiled
 
 
 def triton_installed() -> bool:
@@ -70,7 +70,12 @@ def first_forward(model: nn.Module, shape: tuple, dtype: torch.dtype) -> bool:
     will compile: the first at this size."""
     if not is_compiled(model):
         return False
-    key = (int(model.config.num_attention_heads) * int(model.config.attention_head_dim), tuple(shape), dtype)
+    block = model.blocks[0]
+    # what dynamo guards on besides the input: the layer kinds (fp8, GGUF, LoRA) and their tensors' dtypes and
+    # shapes (a GGUF quant type is a byte shape)
+    kinds = (tuple(type(m).__name__ for m in block.modules()),
+             tuple((str(p.dtype), tuple(p.shape)) for p in block.parameters()))
+    key = (kinds, tuple(shape), dtype)
     if key in _warm:
         return False
     _warm.add(key)
