@@ -96,11 +96,12 @@ def overrides_of(d: dict | None) -> Overrides:
 
 
 # ---------------------------------------------------------------------------------------------- models
-def model_status(engine, refresh: bool = False):
-    """(statuses of every text-to-video model: the non-tiny ones and the tiny ones present, a note about
+def model_status(engine, refresh: bool = False, wanted=None):
+    """(statuses of the models a tab offers: the non-tiny ones and the tiny ones present, a note about
     skipped files or None). `refresh` reads every header again (the Rescan button); otherwise the folders
-    are as they are now, read again where they changed. Models that need an input image are left out:
-    these tabs make videos from text."""
+    are as they are now, read again where they changed. `wanted(spec)` picks the tab's models; by default
+    those that make a video from text (a model that needs an input image is Image to Video's)."""
+    wanted = wanted or (lambda spec: not getattr(spec, "image_required", False))
     try:
         inv = engine_api.inventory(engine, refresh=refresh)
         statuses = inv.status()
@@ -109,8 +110,7 @@ def model_status(engine, refresh: bool = False):
         return [], f"Scanning the models folders failed: {e}"
     problems = engine_api.inventory_problems(inv)
     note = ("Skipped in the model folders:\n" + "\n".join(f"- {p}" for p in problems)) if problems else None
-    return [s for s in statuses if (s.runnable or not s.spec.tiny)
-            and not getattr(s.spec, "image_required", False)], note
+    return [s for s in statuses if (s.runnable or not s.spec.tiny) and wanted(s.spec)], note
 
 
 def runnable_choices(statuses) -> list[tuple[str, str]]:

@@ -8,17 +8,17 @@ from pathlib import Path
 import gradio as gr
 
 from wan_app import catalog, outputs
-from wan_app.catalog import DEFAULT_NEGATIVE_PROMPT
 from wan_app.errors import UserError
-from wan_app.request import MAX_SEED, Request, parse_size
+from wan_app.request import Request, parse_size
 
 from . import common, engine_api
 from .cache_setting import CacheSetting, plan_note
 from .common import AppContext
+from .generation_controls import INPUT_LABELS as CLIP_LABELS
+from .generation_controls import JobChecks, chosen_model, negative_prompt, run_row, seed_of, seed_row
 from .lora_picker import LoraPicker
 from .render import RunView
 from .runs import Page, Runner
-from .t2v_tab import problem_at
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +27,12 @@ FIELD_INPUTS = {"model": "model", "prompt": "prompt", "negative_prompt": "negati
                 "width": "size", "height": "size", "frames": "total", "total_frames": "total",
                 "window": "window", "overlap": "overlap", "color_match": "color", "video": "upload",
                 "seed": "seed"}
+INPUT_LABELS = {**CLIP_LABELS, "total": "Total frames", "window": "Frames per window", "overlap": "Overlap frames",
+                "color": "Color drift correction", "upload": "Video to continue"}
 
 
-class ExtendTab:
-    RUN_OUTPUTS = ("status", "notices", "badge", "preview", "video", "plan", "error")
+class ExtendTab(JobChecks):
+    FIELDS, LABELS = FIELD_INPUTS, INPUT_LABELS
 
     def __init__(self, ctx: AppContext, page: Page, t2v):
         self.ctx, self.page, self.t2v = ctx, page, t2v
@@ -54,11 +56,7 @@ class ExtendTab:
                                          allow_custom_value=True)
                 self.prompt = gr.Textbox(label="Prompt (one line per window, the last line repeats)", lines=3,
                                          elem_id="wan-extend-prompt")
-                with gr.Row():
-                    self.go = gr.Button("Generate long video", variant="primary", elem_id="wan-extend-go",
-                                        interactive=False)
-                    self.stop_btn = gr.Button("Stop", variant="stop", elem_id="wan-extend-stop")
-                error = RunView.error_box("wan-extend")
+                self.go, self.stop_btn, error = run_row("wan-extend", "Generate long video", "wan-extend-go")
                 with gr.Row():
                     self.size = gr.Dropdown([], value=None, label="Size", elem_id="wan-extend-size",
                                             allow_custom_value=True)
@@ -68,17 +66,13 @@ class ExtendTab:
                     self.window = gr.Number(0, precision=0, label="Frames per window (0 = auto)")
                     self.overlap = gr.Number(0, precision=0, label="Overlap frames, 4m+1 (0 = auto)")
                     self.color = gr.Slider(0, 1, value=1.0, step=0.05, label="Color drift correction")
-                with gr.Accordion("Negative prompt (the official default is prefilled)", open=False):
-                    self.negative = gr.Textbox(label="Negative prompt", lines=3, show_label=False,
-                                               value=DEFAULT_NEGATIVE_PROMPT)
+                self.negative = negative_prompt("wan-extend")
                 with gr.Accordion("Continue a video instead of starting from the prompt", open=False):
                     self.upload = gr.File(label="Upload a video (mp4, webm, mov, mkv, avi; at most 2 GB)",
                                           file_types=list(common.VIDEO_EXTENSIONS), type="filepath")
                     self.from_output = gr.Dropdown([], value=None, label="…or one of your outputs",
                                                    allow_custom_value=True)
-                with gr.Row():
-                    self.seed_mode = gr.Radio(["random", "fixed"], value="random", label="Seed")
-                    self.seed = gr.Number(42, precision=0, label="Seed value")
+                self.seed_mode, self.seed = seed_row("wan-extend", "Seed value")
                 with gr.Accordion("Step cache, LoRAs and few-step presets", open=False, elem_id="wan-extend-extras"):
                     self.cache = CacheSetting("wan-extend")
                     # no sampling fields here: a preset's steps, CFG, shift and solver come with it
@@ -121,41 +115,18 @@ class ExtendTab:
         return None
 
     def build_request(self, v: dict):
-        spec = common.spec_or_none(v.get("model"))
-        if spec is None:
-            raise UserError("model", "no model is chosen", "install a model first")
+        spec = chosen_model(v, "install a model first")
         w, h = parse_size(v["size"]) if v.get("size") else spec.default_size
-        seed = None
-        if v.get("seed_mode") == "fixed" and v.get("seed") not in (None, ""):
-            seed = float(v["seed"])
-            if seed != int(seed) or not 0 <= seed <= MAX_SEED:
-                raise UserError("seed", f"{v['seed']} is not a seed", f"use a whole number from 0 to {MAX_SEED}")
-            seed = int(seed)
         base = Request(model=spec.id, prompt=v.get("prompt") or "", negative_prompt=v.get("negative"),
-                       width=w, height=h, seed=seed, **self.cache.fields(v))
+                       width=w, height=h, seed=seed_of(v), **self.cache.fields(v))
         base = self.loras.apply(v, base)
         whole = lambda k: int(v.get(k) or 0) or None  # noqa: E731
         return self.LongRequest(base=base, total_frames=int(v.get("total") or 0), window=whole("window"),
                                 overlap=whole("overlap"), color_match=float(v.get("color") or 0.0),
                                 input_video=self.source_video(v.get("upload"), v.get("from_output")))
 
-    def check(self, v: dict) -> dict:
-        try:
-            lreq = self.build_request(v)
-            if lreq.base.model not in self.t2v.ready_ids():
-                raise UserError("model", f"{catalog.get(lreq.base.model).name} is not installed here",
-                                "install its files or pick another model")
-            engine_api.check_request(lreq.base)
-            p = engine_api.plan(self.ctx.engine, lreq, common.overrides_of(v.get("overrides")))
-            if p.blocker:
-                raise UserError(p.blocker["field"], p.blocker["problem"], p.blocker["fix"])
-        except UserError as e:
-            return dict([problem_at(e, {**FIELD_INPUTS, **self.cache.field_inputs(), **self.loras.field_inputs()},
-                                    "prompt")])
-        except Exception as e:  # noqa: BLE001
-            log.exception("checking the long request failed")
-            return {"prompt": f"Could not check this request: {type(e).__name__}: {e}"}
-        return {}
+    def ready_ids(self) -> list[str]:
+        return self.t2v.ready_ids()
 
     def check_resume(self, v: dict) -> dict:
         video = self.ctx.policy.video(v.get("job")) if v.get("job") else None
@@ -183,6 +154,8 @@ class ExtendTab:
                          api_visibility="private")
         self.loras.wire(self.model, {}, self.view.error)
         self.cache.wire(self.cache_note, [page.overrides, self.model, self.size, *self.cache.inputs().values()])
+        self.jobs_refresh.click(self.refresh_lists, None, [self.jobs, self.from_output, self.resume_btn],
+                                show_progress="hidden", api_name="unfinished_jobs")
 
     def extras(self, spec, prev: dict | None = None) -> dict:
         """The step cache and LoRA picker for `spec` (with `prev`, a saved request's choices)."""
@@ -205,8 +178,6 @@ class ExtendTab:
         except UserError as e:
             return f"{e.field}: {e.problem}"
         return plan_note(self.ctx.engine, req, overrides) + " (in each window)"
-        self.jobs_refresh.click(self.refresh_lists, None, [self.jobs, self.from_output, self.resume_btn],
-                                show_progress="hidden", api_name="unfinished_jobs")
 
     def on_model(self, model_id):
         spec = common.spec_or_none(model_id)

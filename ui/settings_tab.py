@@ -24,7 +24,7 @@ from .common import AppContext
 from .models_panel import ModelsPanel
 from .render import message_html, plan_html
 from .runs import Page
-from .t2v_tab import OVERRIDE_LABELS
+from .generation_controls import OVERRIDE_LABELS
 
 AUTO = "auto"
 NAMES = ("blocks_swapped", "weight_dtype", "attention", "vae_tiling", "text_encoder", "experts_resident")

@@ -1,0 +1,210 @@
+"""Text to Video, Extend and Settings driven in process on the tiny models (no server): what a visit shows
+is computed on that visit (saved settings, outputs made since the start), overrides are checked when set
+and belong to the visit, a Rescan keeps the tab's values, Load settings restores every field of a video
+(LoRAs and the step cache too), and a stopped long video is offered for resuming, never as finished."""
+from __future__ import annotations
+
+import json
+import threading
+from types import SimpleNamespace
+
+import gradio as gr
+import pytest
+
+from wan_app import catalog, events, tiny_lora
+from wan_app.engine import Engine
+from wan_app.errors import UserError
+from wan_app.hardware import Hardware
+from wan_app.longvideo import LongRequest
+from wan_app.plan_types import Overrides
+from wan_app.request import Request
+from wan_app.settings import Settings
+
+from ui import common
+from ui.cache_setting import kinds_for
+from ui.extend_tab import ExtendTab
+from ui.generation_controls import problem_at
+from ui.runs import Page
+from ui.settings_tab import SettingsTab, attention_choices
+from ui.t2v_tab import T2VTab
+
+T21, A14 = "tiny-wan2.1-t2v", "tiny-wan2.2-t2v-a14b"
+PAIR = "tiny_wan2.2_a14b_high+low_noise_lora"
+LOCAL = SimpleNamespace(client=SimpleNamespace(host="127.0.0.1"), session_hash="visit-1")
+
+
+@pytest.fixture(scope="module")
+def studio(tiny_root, tmp_path_factory):
+    work = tmp_path_factory.mktemp("ui_tabs")
+    tiny_lora.write_all(work / "models")
+    engine = Engine([work / "models", tiny_root["diffusers-t2v"].path, tiny_root["diffusers-a14b"].path],
+                    work / "outputs")
+    settings_path = work / "settings.json"
+    ctx = common.AppContext(engine=engine, settings=Settings(), settings_path=settings_path)
+    with gr.Blocks() as demo:
+        page = Page(ctx)
+        t2v = T2VTab(ctx, page)
+        ext = ExtendTab(ctx, page, t2v)
+        st = SettingsTab(ctx, page, t2v)
+        page.wire()
+    return SimpleNamespace(demo=demo, ctx=ctx, page=page, t2v=t2v, ext=ext, st=st, engine=engine, work=work,
+                           settings_path=settings_path)
+
+
+def upd(out: dict, comp, key: str = "value"):
+    v = out[comp]
+    return v.get(key) if isinstance(v, dict) else v
+
+
+def values(tab, **kw) -> dict:
+    v = dict(model=T21, prompt="a fox", negative="", size="64x64", frames=9, steps=2, shift=5.0, cfg=5.0, cfg2=3.0,
+             boundary=0.875, solver="unipc", seed_mode="fixed", seed=1, cache="off", cache_threshold="", preset="",
+             **{f"lora{i}": "" for i in range(3)}, **{f"lora{i}_strength": 1.0 for i in range(3)},
+             **{f"lora{i}_low": 1.0 for i in range(3)})
+    v.update(kw)
+    assert set(v) == set(tab.inputs()), set(v) ^ set(tab.inputs())
+    return v
+
+
+def finished(stream) -> events.Finished:
+    evs = list(stream)
+    done = [e for e in evs if isinstance(e, events.Finished)]
+    assert done, evs[-1]
+    return done[0]
+
+
+def write_settings(studio, **fields) -> None:
+    studio.settings_path.write_text(json.dumps({**Settings().to_dict(), **fields}))
+
+
+# ---------------------------------------------------------------------------------------------- settings
+def test_an_override_applies_to_this_visit_only_and_never_to_the_engine(studio):
+    st, page = studio.st, studio.page
+    before = studio.engine.overrides
+    out = st.apply_overrides(-1, "auto", "auto", "on", "auto", "auto", T21, "64x64", 9, {})
+    assert out[page.overrides] == Overrides(vae_tiling=True).to_dict()
+    assert "Applies to your runs in this tab" in out[st.override_msg]
+    assert studio.engine.overrides == before == Overrides(), "a visit's choice became every session's default"
+
+
+@pytest.mark.parametrize("control,value,label", [(0, 5, "Blocks swapped to CPU"), (4, "gpu", "Text encoder runs on")])
+def test_an_override_that_cannot_work_here_is_refused_naming_its_field(studio, control, value, label):
+    """On this CPU machine nothing can be swapped and umT5 has no GPU: the controls go back to what
+    applies, the visit's overrides stay as they were, and the message names the field."""
+    st, page = studio.st, studio.page
+    chosen = [-1, "auto", "auto", "auto", "auto", "auto"]
+    chosen[control] = value
+    out = st.apply_overrides(*chosen, T21, "64x64", 9, {"vae_tiling": False})
+    assert page.overrides not in out
+    assert label in out[st.override_msg] and "not applied" in out[st.override_msg]
+    assert out[st.tiling] == "off" and out[st.blocks] == -1
+
+
+def test_the_blocks_slider_ends_at_the_chosen_models_layer_count(studio):
+    for model in (T21, A14):
+        spec = catalog.get(model)
+        assert upd({0: studio.st.blocks_range(spec, Overrides())}, 0, "maximum") == spec.arch.num_layers
+
+
+def test_only_the_attention_kernels_that_ran_here_are_offered():
+    assert attention_choices(Hardware.simulated(None, 16)) == ["auto", "sdpa", "native"]
+    ran = SimpleNamespace(attention=["sage", "sdpa"])
+    assert attention_choices(ran) == ["auto", "sage", "sdpa", "native"]
+
+
+def test_a_run_refused_because_of_a_setting_says_so_at_the_model():
+    name, msg = problem_at(UserError("blocks_swapped", "no GPU to swap to", "set it to auto"), {}, "prompt")
+    assert name == "model" and msg.startswith("Settings → Blocks swapped to CPU: no GPU to swap to")
+
+
+def test_a_visit_shows_the_settings_saved_now_not_those_at_start(studio):
+    st, page = studio.st, studio.page
+    write_settings(studio, overrides={"vae_tiling": True}, default_model=A14)
+    try:
+        out = st.on_load(LOCAL, T21)
+        assert out[st.tiling] == "on" and out[page.overrides] == Overrides(vae_tiling=True).to_dict()
+        assert out[st.default_model] == A14
+        write_settings(studio, overrides={"blocks_swapped": 5})       # saved on a GPU machine, say
+        out = st.on_load(LOCAL, T21)
+        assert out[st.blocks] == {"__type__": "update", "maximum": catalog.get(T21).arch.num_layers, "value": -1}
+        assert "Blocks swapped to CPU" in out[st.override_msg] and out[page.overrides] == Overrides().to_dict()
+    finally:
+        studio.settings_path.unlink()
+
+
+# ---------------------------------------------------------------------------------------------- text to video
+def test_a_visit_lists_the_outputs_made_since_the_server_started(studio):
+    t2v = studio.t2v
+    before = t2v.on_load({}, {})[t2v.gallery_paths]
+    done = finished(studio.engine.run(t2v.build_request(values(t2v, prompt="made after the start"))))
+    after = t2v.on_load({}, {})[t2v.gallery_paths]
+    assert str(done.path) in after and str(done.path) not in before
+
+
+def test_rescan_keeps_every_value_of_the_tab_while_its_model_is_ready(studio):
+    t2v = studio.t2v
+    out = t2v.rescan(A14, {})
+    assert upd(out, t2v.model) == A14
+    touched = set(out) & set(t2v.model_outputs())
+    assert not touched, f"a rescan reset {[getattr(c, 'label', c) for c in touched]}"
+
+
+def test_load_settings_restores_every_field_of_a_video_made_with_another_model(studio):
+    """Every field differs from the model's defaults, LoRA strengths and the step cache included; the
+    tab shows another model when the video's settings are loaded."""
+    t2v = studio.t2v
+    spec = catalog.get(A14)
+    assert "magcache" in kinds_for(spec)
+    made = dict(model=A14, prompt="a heron lands on a lake", negative="blurry, text", size="96x64", frames=5,
+                steps=3, shift=7.5, cfg=2.5, cfg2=1.5, boundary=0.9, solver="euler", seed=4242, cache="magcache",
+                cache_threshold="0.05", lora0=PAIR, lora0_strength=0.7, lora0_low=-0.5)
+    done = finished(studio.engine.run(t2v.build_request(values(t2v, **made))))
+    t2v.on_model(T21, {})                                  # the page shows the other model meanwhile
+    out = t2v.load_from_video(str(done.path), {})
+    _, lora, high, low = t2v.loras.slots[0]
+    got = dict(model=upd(out, t2v.model), prompt=out[t2v.prompt], negative=out[t2v.negative],
+               size=upd(out, t2v.size), frames=upd(out, t2v.frames), steps=out[t2v.steps], shift=out[t2v.shift],
+               cfg=upd(out, t2v.cfg), cfg2=upd(out, t2v.cfg2), boundary=upd(out, t2v.boundary),
+               solver=out[t2v.solver], seed=out[t2v.seed], cache=upd(out, t2v.cache.kind),
+               cache_threshold=upd(out, t2v.cache.threshold), lora0=upd(out, lora), lora0_strength=upd(out, high),
+               lora0_low=upd(out, low))
+    assert got == made
+    assert out[t2v.seed_mode] == "fixed" and upd(out, t2v.cfg2, "visible") is True
+    assert set(t2v.restore_outputs()) >= set(out), "load_from_video updates a control its event does not list"
+    assert "Loaded the settings" in out[t2v.load_msg]
+
+
+def test_load_settings_reads_only_the_apps_own_videos(studio, tmp_path):
+    stranger = tmp_path / "2024-01-01" / "x.mp4"
+    stranger.parent.mkdir()
+    stranger.write_bytes(b"\0\0\0\x18ftypisom")
+    for path in ("/etc/passwd", str(stranger), ""):
+        out = studio.t2v.load_from_video(path, {})
+        assert set(out) == {studio.t2v.load_msg} and "Choose one of your outputs" in out[studio.t2v.load_msg]
+
+
+# ---------------------------------------------------------------------------------------------- extend
+def test_a_stopped_long_video_is_offered_for_resuming_and_never_as_a_finished_output(studio):
+    ext, t2v = studio.ext, studio.t2v
+    api = {fn.api_name for fn in studio.demo.fns.values()}
+    assert "unfinished_jobs" in api, "the unfinished jobs' Refresh button is not wired"
+    cancel, steps = threading.Event(), []
+
+    def stop_in_the_second_window(step, expert):
+        steps.append(step)
+        if len(steps) == 3:                              # 2 steps a window: window 2 has begun
+            cancel.set()
+
+    studio.engine.step_hooks.append(stop_in_the_second_window)
+    try:
+        job = LongRequest(base=Request(model=T21, prompt="a boat drifts", width=64, height=64, steps=2, seed=3),
+                          total_frames=25)
+        evs = list(studio.engine.run(job, cancel=cancel))
+    finally:
+        studio.engine.step_hooks.remove(stop_in_the_second_window)
+    (stopped,) = [e for e in evs if isinstance(e, events.Cancelled)]
+    assert stopped.path is not None and stopped.path.exists()
+    lists = ext.refresh_lists()
+    assert str(stopped.path) in [p for _, p in upd(lists, ext.jobs, "choices")]
+    assert upd(lists, ext.resume_btn, "interactive") is True
+    assert str(stopped.path) not in [p for p, _ in t2v.gallery_items()], "the gallery shows an unfinished video"
