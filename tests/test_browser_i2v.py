@@ -1,8 +1,8 @@
 """The Image to Video tab in headless Chromium (Debian's chromium, driven by Playwright), on the tiny models:
 an uploaded image sets the size by the official rule (shown, overridable), Generate streams a changing live
 preview and ends with the video; a LoRA picked with its two A14B strengths is what the video's metadata
-records. Screenshots at 1280x720 mid-run and done go to tests/artifacts/ (and docs/screenshots/ with
-UPDATE_SCREENSHOTS=1)."""
+records. Screenshots at 1280x720 and 1920x1080, mid-run and done, go to tests/artifacts/ (and
+docs/screenshots/ with UPDATE_SCREENSHOTS=1)."""
 from __future__ import annotations
 
 import json
@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.test_browser import browser, choose, open_page, phase, set_number, shoot, videos, wait_phase  # noqa: F401
+from tests.test_browser import (SIZES, browser, choose, open_page, phase, set_number, shoot, videos,  # noqa: F401
+                                wait_phase)
 from tests.ui_app_runner import start_app
 
 P = "wan-i2v"
@@ -66,9 +67,14 @@ def upload(page, path) -> None:
                            timeout=20_000)
 
 
-def top_shot(page, name: str) -> None:
-    page.evaluate("window.scrollTo(0, 0)")
-    shoot(page, name)
+def top_shots(page, name: str) -> None:
+    """The top of the page at each screen size, now (the run goes on meanwhile)."""
+    for w, h in SIZES:
+        page.set_viewport_size({"width": w, "height": h})
+        page.evaluate("window.scrollTo(0, 0)")
+        page.wait_for_timeout(150)
+        shoot(page, f"{name}_{w}x{h}.png")
+    page.set_viewport_size({"width": SIZES[0][0], "height": SIZES[0][1]})
 
 
 def preview_src(page) -> str | None:
@@ -105,7 +111,7 @@ def test_an_uploaded_image_becomes_a_video_with_a_live_preview(app, browser, wid
         if src and (not sources or src != sources[-1]):
             sources.append(src)
         if src and not shot and phase(page, P) == "sample":
-            top_shot(page, "i2v_running_1280x720.png")      # mid-run: denoising, a preview is up
+            top_shots(page, "i2v_running")                  # mid-run: denoising, a preview is up
             shot = True
         time.sleep(0.1)
     assert len(sources) >= 2, f"the preview never changed during the run: {sources}"
@@ -114,7 +120,7 @@ def test_an_uploaded_image_becomes_a_video_with_a_live_preview(app, browser, wid
     page.wait_for_selector(f"#{P}-video video", timeout=30_000)
     page.wait_for_function(f"document.querySelector('#{P}-generate').innerText === 'Generate'")
     page.wait_for_timeout(800)
-    top_shot(page, "i2v_done_1280x720.png")
+    top_shots(page, "i2v_done")
     meta = json.loads(new_video(app, before).with_suffix(".json").read_text())
     assert meta["model"] == "tiny-wan2.1-i2v" and (meta["width"], meta["height"]) == (64, 64)
     assert meta["image"]["name"] == "wide.png" and (meta["image"]["width"], meta["image"]["height"]) == (96, 64)

@@ -208,3 +208,49 @@ def test_a_stopped_long_video_is_offered_for_resuming_and_never_as_a_finished_ou
     assert str(stopped.path) in [p for _, p in upd(lists, ext.jobs, "choices")]
     assert upd(lists, ext.resume_btn, "interactive") is True
     assert str(stopped.path) not in [p for p, _ in t2v.gallery_items()], "the gallery shows an unfinished video"
+
+
+def test_a_long_jobs_eta_covers_every_window_not_just_the_current_one(studio):
+    """At the last step of the first window the line still counts the windows to come (at least their
+    denoising steps): an ETA of one window would be about zero there."""
+    import re
+    import time
+    ext = studio.ext
+    delay = lambda step, expert: time.sleep(0.25)  # noqa: E731 - steps long enough to time
+    studio.engine.step_hooks.append(delay)
+    try:
+        job = LongRequest(base=Request(model=T21, prompt="a boat drifts", width=64, height=64, steps=2, seed=4),
+                          total_frames=21)
+        seen = []
+        for out in ext.view.render(studio.engine.run(job, cancel=threading.Event())):
+            line = out.get(ext.view.status, "")
+            if 'data-phase="sample"' in line:
+                m = re.search(r'data-step="(\d+)" data-total="(\d+)" data-window="(\d*)" data-windows="(\d*)" '
+                              r'data-eta="(\d*)"', line)
+                seen.append((time.monotonic(), *m.groups()))
+    finally:
+        studio.engine.step_hooks.remove(delay)
+    windows = int(seen[-1][4])
+    assert windows >= 3, seen[-1]
+    t, step, total, window, _, eta = next(s for s in seen if s[3] == "0" and s[1] == s[2])
+    assert eta, "no ETA at the end of the first window"
+    steps_to_come = (windows - 1) * int(total) * 0.25          # the other windows' denoising alone
+    assert int(eta) >= 0.8 * steps_to_come - 0.5, \
+        f"ETA {eta}s at the end of window 1 of {windows}: the other windows' steps alone take {steps_to_come:.1f}s"
+
+
+def test_downloads_and_demo_installs_never_wait_for_the_gpu(studio):
+    fns = {fn.api_name: fn for fn in studio.demo.fns.values() if fn.api_name}
+    for name in ("install_tiny", "download"):
+        assert fns[name].concurrency_id == common.DOWNLOADS, (name, fns[name].concurrency_id)
+    assert fns["generate"].concurrency_id == common.GPU and fns["generate"].concurrency_limit == 1
+
+
+def test_the_frames_note_names_the_limit_the_slider_has(studio):
+    import re
+    t2v = studio.t2v
+    for model in (T21, A14):
+        out = t2v.model_values(catalog.get(model), None, Overrides())
+        limit = upd(out, t2v.frames, "maximum")
+        said = {int(n) for n in re.findall(r"(\d+) frames", out[t2v.frames_note])}
+        assert said == {limit}, (model, limit, out[t2v.frames_note])

@@ -257,3 +257,23 @@ def test_the_hardware_box_gives_short_reasons_not_exception_text():
     assert "sage: not available (not installed)" in text
     assert "flash: not available (FlashAttention only supports Ampere GPUs or newer.)" in text
     assert "Error" not in text and "File " not in text
+
+
+def test_an_outputs_folder_given_on_the_command_line_that_exposes_the_machine_gets_a_warning(tmp_path, capsys):
+    server._warn_outputs(Path.home(), [tmp_path / "models"])
+    err = capsys.readouterr().err
+    assert "warning: outputs folder" in err and "home" in err
+    server._warn_outputs(tmp_path / "outputs", [tmp_path / "models"])
+    assert capsys.readouterr().err == ""
+
+
+def test_only_a_local_unshared_visit_is_the_owner_at_the_machine():
+    from types import SimpleNamespace
+    engine = SimpleNamespace(outputs_dir="outputs", models_dirs=["models"])
+    visit = lambda host: SimpleNamespace(client=SimpleNamespace(host=host))  # noqa: E731
+    local = common.AppContext(engine=engine, settings=None)
+    listening = common.AppContext(engine=engine, settings=None, listen=True)
+    shared = common.AppContext(engine=engine, settings=None, share=True)
+    assert local.owner_at_machine(visit("127.0.0.1"))
+    assert listening.owner_at_machine(visit("127.0.0.1")) and not listening.owner_at_machine(visit("192.0.2.7"))
+    assert not shared.owner_at_machine(visit("127.0.0.1")), "through a share tunnel every visit looks local"
