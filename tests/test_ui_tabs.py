@@ -81,23 +81,50 @@ def write_settings(studio, **fields) -> None:
 def test_an_override_applies_to_this_visit_only_and_never_to_the_engine(studio):
     st, page = studio.st, studio.page
     before = studio.engine.overrides
-    out = st.apply_overrides(-1, "auto", "auto", "on", "auto", "auto", T21, "64x64", 9, {})
+    out = st.apply_overrides(-1, "auto", "auto", "on", "auto", "auto", "auto", T21, "64x64", 9, {})
     assert out[page.overrides] == Overrides(vae_tiling=True).to_dict()
     assert "Applies to your runs in this tab" in out[st.override_msg]
     assert studio.engine.overrides == before == Overrides(), "a visit's choice became every session's default"
 
 
-@pytest.mark.parametrize("control,value,label", [(0, 5, "Blocks swapped to CPU"), (4, "gpu", "Text encoder runs on")])
+@pytest.mark.parametrize("control,value,label", [(0, 5, "Blocks swapped to CPU"), (4, "gpu", "Text encoder runs on"),
+                                                 (6, "on", "Compile the transformer")])
 def test_an_override_that_cannot_work_here_is_refused_naming_its_field(studio, control, value, label):
-    """On this CPU machine nothing can be swapped and umT5 has no GPU: the controls go back to what
-    applies, the visit's overrides stay as they were, and the message names the field."""
+    """On this CPU machine nothing can be swapped, umT5 has no GPU and torch.compile has no compiler: the
+    controls go back to what applies, the visit's overrides stay as they were, and the message names the
+    field."""
     st, page = studio.st, studio.page
-    chosen = [-1, "auto", "auto", "auto", "auto", "auto"]
+    chosen = [-1, "auto", "auto", "auto", "auto", "auto", "auto"]
     chosen[control] = value
     out = st.apply_overrides(*chosen, T21, "64x64", 9, {"vae_tiling": False})
     assert page.overrides not in out
     assert label in out[st.override_msg] and "not applied" in out[st.override_msg]
     assert out[st.tiling] == "off" and out[st.blocks] == -1
+
+
+def test_compile_is_auto_on_or_off_and_saved_and_loaded_like_the_other_overrides(studio):
+    st, page = studio.st, studio.page
+    assert st.overrides_from(-1, "auto", "auto", "auto", "auto", "auto", "auto").compile is None
+    assert st.overrides_from(-1, "auto", "auto", "auto", "auto", "auto", "on").compile is True
+    assert st.control_values(Overrides(compile=False))[st.compile] == "off"
+    assert "on" not in [c[1] if isinstance(c, tuple) else c for c in st.compile.choices], \
+        "compile offered on a machine without CUDA and Triton"
+    out = st.apply_overrides(-1, "auto", "auto", "auto", "auto", "auto", "off", T21, "64x64", 9, {})
+    assert out[page.overrides] == {"compile": False}
+    models = "\n".join(str(d) for d in studio.engine.models_dirs)
+    try:
+        msg = st.save(-1, "auto", "auto", "auto", "auto", "auto", models, "outputs", "", "on", LOCAL)[st.save_msg]
+        assert "Compile the transformer" in msg and not studio.settings_path.exists(), msg
+        saved = st.save(-1, "auto", "auto", "auto", "auto", "auto", models, "outputs", "", "off", LOCAL)
+        assert "Saved" in saved[st.save_msg] and saved[page.overrides] == {"compile": False}
+        assert json.loads(studio.settings_path.read_text())["overrides"] == {"compile": False}
+        out = st.on_load(LOCAL, T21)
+        assert out[st.compile] == "off" and out[page.overrides] == {"compile": False}
+        write_settings(studio, overrides={"compile": True})             # saved on a GPU machine, say
+        out = st.on_load(LOCAL, T21)
+        assert out[st.compile] == "auto" and "Compile the transformer" in out[st.override_msg]
+    finally:
+        studio.settings_path.unlink(missing_ok=True)
 
 
 def test_the_blocks_slider_ends_at_the_chosen_models_layer_count(studio):

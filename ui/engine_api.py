@@ -72,6 +72,13 @@ def validate_overrides(engine, spec, overrides: Overrides) -> None:
     planner.validate_overrides(engine.hardware, spec, overrides)
 
 
+def compile_unavailable(hw) -> str | None:
+    """Why torch.compile of the blocks cannot run on this machine, or None when it can (the planner's rule)."""
+    from wan_app.compile_blocks import unavailable_reason
+    kind = "cuda" if getattr(hw, "gpus", None) else ("mps" if getattr(hw, "mps", False) else "cpu")
+    return unavailable_reason(kind, bool(getattr(hw, "triton", False)))
+
+
 def check_request(req: Request):
     """(complete request, spec) or UserError naming the field: the engine's own input rules."""
     return resolve(req)
@@ -88,5 +95,5 @@ def resume(engine, path: Path, cancel: threading.Event) -> Iterator[events.Event
     return engine.resume(path, cancel=cancel)
 
 
-__all__ = ["UserError", "inventory", "inventory_problems", "list_resumable", "long_request_type", "plan",
+__all__ = ["UserError", "compile_unavailable", "inventory", "inventory_problems", "list_resumable", "long_request_type", "plan",
            "plan_size", "validate_overrides", "check_request", "run", "resume"]

@@ -39,7 +39,8 @@ INPUT_LABELS = {"model": "Model", "prompt": "Prompt", "negative": "Negative prom
                 "cache_threshold": "Cache threshold", "preset": "Few-step preset", "lora0": "LoRA"}
 OVERRIDE_LABELS = {"blocks_swapped": "Blocks swapped to CPU", "weight_dtype": "Transformer weight dtype",
                    "text_encoder": "Text encoder runs on", "attention": "Attention kernel",
-                   "vae_tiling": "VAE tiling", "experts_resident": "A14B experts kept in RAM"}
+                   "vae_tiling": "VAE tiling", "experts_resident": "A14B experts kept in RAM",
+                   "compile": "Compile the transformer (torch.compile)"}
 
 
 def problem_at(e: UserError, field_inputs: dict, default: str, labels: dict | None = None) -> tuple[str, str]:

@@ -27,7 +27,8 @@ from .runs import Page
 from .generation_controls import OVERRIDE_LABELS
 
 AUTO = "auto"
-NAMES = ("blocks_swapped", "weight_dtype", "attention", "vae_tiling", "text_encoder", "experts_resident")
+NAMES = ("blocks_swapped", "weight_dtype", "attention", "vae_tiling", "text_encoder", "experts_resident", "compile")
+assert set(NAMES) == set(Overrides.__dataclass_fields__), "a new override needs its control here"
 
 
 def _choice(value) -> str:
@@ -91,6 +92,11 @@ class SettingsTab:
                                                 label="Text encoder runs on", elem_id="wan-text-encoder")
                     self.experts = gr.Dropdown([AUTO, *EXPERTS_RESIDENT], value=AUTO, label="A14B experts kept in RAM",
                                                elem_id="wan-experts")
+                no_compile = engine_api.compile_unavailable(hw)
+                # "on" only where it can run; an API client that sends it anyway is refused by the check
+                self.compile = gr.Dropdown([AUTO, "off"] + ([] if no_compile else ["on"]), value=AUTO,
+                                           label="Compile the transformer (torch.compile)", elem_id="wan-compile",
+                                           info=no_compile or "auto: off until it is measured on this GPU")
                 self.override_msg = gr.HTML("", elem_id="wan-override-msg")
                 gr.Markdown("### Folders and defaults")
                 self.models_dirs = gr.Textbox("", lines=2, elem_id="wan-models-dirs",
@@ -108,21 +114,22 @@ class SettingsTab:
 
     def controls(self) -> dict:
         return {"blocks_swapped": self.blocks, "weight_dtype": self.dtype, "attention": self.attention,
-                "vae_tiling": self.tiling, "text_encoder": self.text_enc, "experts_resident": self.experts}
+                "vae_tiling": self.tiling, "text_encoder": self.text_enc, "experts_resident": self.experts,
+                "compile": self.compile}
 
     # ------------------------------------------------------------------------------------------ values
     @staticmethod
-    def overrides_from(blocks, dtype, attention, tiling, text_enc, experts) -> Overrides:
+    def overrides_from(blocks, dtype, attention, tiling, text_enc, experts, compile=AUTO) -> Overrides:
         return Overrides(blocks_swapped=None if blocks is None or int(blocks) < 0 else int(blocks),
                          weight_dtype=_unchoice(dtype), attention=_unchoice(attention),
                          vae_tiling=_unchoice(tiling, bool), text_encoder=_unchoice(text_enc),
-                         experts_resident=_unchoice(experts))
+                         experts_resident=_unchoice(experts), compile=_unchoice(compile, bool))
 
     def control_values(self, ov: Overrides) -> dict:
         return {self.blocks: -1 if ov.blocks_swapped is None else ov.blocks_swapped,
                 self.dtype: _choice(ov.weight_dtype), self.attention: _choice(ov.attention),
                 self.tiling: _choice(ov.vae_tiling), self.text_enc: _choice(ov.text_encoder),
-                self.experts: _choice(ov.experts_resident)}
+                self.experts: _choice(ov.experts_resident), self.compile: _choice(ov.compile)}
 
     def plan_preview(self, model_id, size, frames, overrides: Overrides) -> str:
         spec = common.spec_or_none(model_id)
@@ -155,8 +162,11 @@ class SettingsTab:
             comp.input(self.apply_overrides, inputs,
                        [page.overrides, *self.controls().values(), self.override_msg, self.plan],
                        show_progress="hidden", api_visibility="private")
-        ev = self.save_btn.click(self.save, [*self.controls().values(), self.models_dirs, self.outputs_dir,
-                                             self.default_model],
+        # the API's order: the first six overrides, the folders, the default model, then compile (added
+        # later, last, so that clients written before it still call Save the same way)
+        c = self.controls()
+        ev = self.save_btn.click(self.save, [*(c[n] for n in NAMES[:6]), self.models_dirs, self.outputs_dir,
+                                             self.default_model, c["compile"]],
                                  [self.save_msg, page.overrides], api_name="save_settings")
         self.model_list_events = [ev.then(t.rescan, [t.model, page.overrides], t.rescan_outputs(),
                                           show_progress="hidden", api_visibility="private")]
@@ -177,11 +187,11 @@ class SettingsTab:
         value = -1 if ov.blocks_swapped is None else min(ov.blocks_swapped, n)
         return gr.update(maximum=n, value=value)
 
-    def apply_overrides(self, blocks, dtype, attention, tiling, text_enc, experts, model_id, size, frames,
+    def apply_overrides(self, blocks, dtype, attention, tiling, text_enc, experts, compile, model_id, size, frames,
                         current):
         """A change applies to this tab's runs once it is valid for the chosen model and this machine;
         otherwise the controls go back to what applies, and the message says why."""
-        ov = self.overrides_from(blocks, dtype, attention, tiling, text_enc, experts)
+        ov = self.overrides_from(blocks, dtype, attention, tiling, text_enc, experts, compile)
         try:
             self.check(common.spec_or_none(model_id), ov)
         except UserError as e:
@@ -195,9 +205,9 @@ class SettingsTab:
                 self.plan: self.plan_preview(model_id, size, frames, ov)}
 
     def save(self, blocks, dtype, attention, tiling, text_enc, experts, models_dirs, outputs_dir, default_model,
-             request: gr.Request):
+             compile=AUTO, request: gr.Request = None):
         ctx = self.ctx
-        ov = self.overrides_from(blocks, dtype, attention, tiling, text_enc, experts)
+        ov = self.overrides_from(blocks, dtype, attention, tiling, text_enc, experts, compile)
         saved = ctx.saved_settings()
         dirs = [d.strip() for d in (models_dirs or "").splitlines() if d.strip()]
         out_text = (outputs_dir or "").strip()
