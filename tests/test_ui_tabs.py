@@ -211,7 +211,7 @@ def test_load_settings_reads_only_the_apps_own_videos(studio, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- extend
-def test_a_stopped_long_video_is_offered_for_resuming_and_never_as_a_finished_output(studio):
+def test_a_stopped_long_video_stops_within_a_step_is_resumable_and_never_a_finished_output(studio):
     ext, t2v = studio.ext, studio.t2v
     api = {fn.api_name for fn in studio.demo.fns.values()}
     assert "unfinished_jobs" in api, "the unfinished jobs' Refresh button is not wired"
@@ -230,6 +230,7 @@ def test_a_stopped_long_video_is_offered_for_resuming_and_never_as_a_finished_ou
     finally:
         studio.engine.step_hooks.remove(stop_in_the_second_window)
     (stopped,) = [e for e in evs if isinstance(e, events.Cancelled)]
+    assert len(steps) == 3, f"{len(steps) - 3} more step(s) ran after Stop: a stop takes effect within one step"
     assert stopped.path is not None and stopped.path.exists()
     lists = ext.refresh_lists()
     assert str(stopped.path) in [p for _, p in upd(lists, ext.jobs, "choices")]
