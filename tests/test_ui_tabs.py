@@ -236,6 +236,8 @@ def test_a_stopped_long_video_stops_within_a_step_is_resumable_and_never_a_finis
     assert str(stopped.path) in [p for _, p in upd(lists, ext.jobs, "choices")]
     assert upd(lists, ext.resume_btn, "interactive") is True
     assert str(stopped.path) not in [p for p, _ in t2v.gallery_items()], "the gallery shows an unfinished video"
+    visit = ext.on_load({})
+    assert str(stopped.path) in [p for _, p in upd(visit, ext.jobs, "choices")], "a visit does not list it"
 
 
 def test_a_long_jobs_eta_covers_every_window_not_just_the_current_one(studio):
@@ -282,3 +284,17 @@ def test_the_frames_note_names_the_limit_the_slider_has(studio):
         limit = upd(out, t2v.frames, "maximum")
         said = {int(n) for n in re.findall(r"(\d+) frames", out[t2v.frames_note])}
         assert said == {limit}, (model, limit, out[t2v.frames_note])
+
+
+def test_a_bad_long_video_value_is_named_by_its_label_at_its_field(studio):
+    ext = studio.ext
+    v = dict(model=T21, prompt="a boat", negative="", size="64x64", total=0, window=0, overlap=0, color=1.0,
+             upload=None, from_output=None, seed_mode="random", seed=42, cache="off", cache_threshold="", preset="",
+             **{f"lora{i}": "" for i in range(3)}, **{f"lora{i}_strength": 1.0 for i in range(3)},
+             **{f"lora{i}_low": 1.0 for i in range(3)})
+    assert set(v) == set(ext.inputs())
+    problems = ext.check(v)
+    assert set(problems) == {"total"} and problems["total"].startswith("Total frames: "), problems
+    problems = ext.check({**v, "total": 25, "overlap": 6})
+    assert set(problems) == {"overlap"} and problems["overlap"].startswith("Overlap frames: "), problems
+    assert ext.check({**v, "total": 25}) == {}
