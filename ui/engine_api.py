@@ -95,5 +95,5 @@ def resume(engine, path: Path, cancel: threading.Event) -> Iterator[events.Event
     return engine.resume(path, cancel=cancel)
 
 
-__all__ = ["UserError", "compile_unavailable", "inventory", "inventory_problems", "list_resumable", "long_request_type", "plan",
-           "plan_size", "validate_overrides", "check_request", "run", "resume"]
+__all__ = ["UserError", "compile_unavailable", "inventory", "inventory_problems", "list_resumable",
+           "long_request_type", "plan", "plan_size", "validate_overrides", "check_request", "run", "resume"]

@@ -1,4 +1,4 @@
-"""One renderer for the engine's event stream, shared by Text to Video and Extend.
+"""One renderer for the engine's event stream, shared by Text to Video, Image to Video and Extend.
 
 `RunView` owns the output column of a tab (status line, notices, expert badge, live preview, video, the
 plan of the run) and the error box beside Generate; `RunView.render(stream)` turns engine events into
