@@ -298,3 +298,17 @@ def test_a_bad_long_video_value_is_named_by_its_label_at_its_field(studio):
     problems = ext.check({**v, "total": 25, "overlap": 6})
     assert set(problems) == {"overlap"} and problems["overlap"].startswith("Overlap frames: "), problems
     assert ext.check({**v, "total": 25}) == {}
+
+
+def test_the_tiny_demo_size_the_page_gives_is_what_the_button_writes(studio, tmp_path):
+    import re
+    from ui import models_panel
+    panel = studio.t2v.models
+    studio.ctx.engine.models_dirs.insert(0, tmp_path)       # the button writes into the first models folder
+    try:
+        assert "Tiny demo models written" in panel.install_tiny(progress=lambda *a, **k: None)
+    finally:
+        studio.ctx.engine.models_dirs.remove(tmp_path)
+    written = sum(p.stat().st_size for p in (tmp_path / "tiny-demo").rglob("*") if p.is_file()) / 1e6
+    (said,) = [int(n) for n in re.findall(r"about (\d+) MB", models_panel.TINY_NOTE)]
+    assert 0.8 * written <= said <= 1.2 * written, f"the page says about {said} MB, the button wrote {written:.0f} MB"

@@ -19,7 +19,7 @@ from .render import message_html
 
 log = logging.getLogger(__name__)
 
-TINY_NOTE = ("random weights, about 50 MB on disk; they make noise videos in seconds, so you can try "
+TINY_NOTE = ("random weights, about 90 MB on disk; they make noise videos in seconds, so you can try "
              "every part of the app")
 
 
