@@ -188,3 +188,33 @@ def test_a_videos_metadata_names_files_but_never_where_they_are(tiny_root, tmp_p
     text = done.path.with_suffix(".json").read_text()
     assert str(root) not in text and str(tmp_path) not in text
     assert json.loads(text)["files"]["transformer"]["path"].endswith(".safetensors")
+
+
+def test_a_long_jobs_eta_counts_the_time_each_later_window_spends_outside_its_steps(tiny_root, tmp_path,
+                                                                                  monkeypatch):
+    """A window also encodes, decodes and appends (here appending is made slow, as a slow disk would):
+    after one window the ETA counts that for every window to come, within 20% of the time really left at
+    the last step of the second window (counting the steps and decodes alone falls short by a third)."""
+    import time
+    from wan_app import pipeline
+    from wan_app.longvideo import LongRequest
+    real_append = pipeline.LongSink.append
+
+    def slow_append(self, *args, **kw):
+        time.sleep(1.0)
+        return real_append(self, *args, **kw)
+    monkeypatch.setattr(pipeline.LongSink, "append", slow_append)
+    engine = Engine([tiny_root["diffusers-t2v"].path], tmp_path, hardware=CPU)
+    engine.step_hooks.append(lambda step, expert: time.sleep(0.1))
+    job = LongRequest(base=Request(model="tiny-wan2.1-t2v", prompt="a boat drifts", width=64, height=64, steps=2,
+                                   seed=4), total_frames=21, window=9)
+    at_window_2 = None
+    for ev in engine.run(job):
+        if isinstance(ev, events.Progress) and ev.phase == "sample" and ev.window == 1 and ev.step == ev.total:
+            at_window_2 = (time.monotonic(), ev.eta_s, ev.windows)
+        last = ev
+    assert isinstance(last, events.Finished), last
+    t, eta, windows = at_window_2
+    assert windows >= 4
+    actual = time.monotonic() - t
+    assert abs(eta - actual) <= 0.2 * actual, f"ETA {eta:.1f}s at the end of window 2 of {windows}; {actual:.1f}s left"

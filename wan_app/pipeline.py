@@ -315,22 +315,33 @@ def _file_names(described: dict) -> dict:
 # ---- running ----------------------------------------------------------------------------------------
 class _Eta:
     """Seconds left in the whole job: the steps left in this window and in every later one at the measured
-    seconds per step, plus each remaining decode at its last measured time (unknown until measured once)."""
+    seconds per step, this window's decode at its last measured time, and for each later window what the
+    last finished one took outside its steps (prompt, conditioning, decode, append; until one has finished,
+    its decode)."""
 
     def __init__(self, job: Job, codec):
         self.job, self.codec = job, codec
         self.per_step: float | None = None
+        self._sampling = 0.0                 # this window's seconds in its steps so far
+        self.window_extra: float | None = None
+
+    def window_done(self, wall_seconds: float) -> None:
+        self.window_extra = max(0.0, wall_seconds - self._sampling)
 
     def for_window(self, w: Window):
         steps = self.job.request.steps
         later = self.job.windows[w.index + 1:]
+        self._sampling = 0.0
+
+        def decode(win) -> float:
+            return self.codec.decode_seconds(self.job.spec.latent_shape(
+                win.frames, self.job.request.width, self.job.request.height)) or 0.0
 
         def eta(done: int, total: int, elapsed: float) -> float:
-            self.per_step = elapsed / done
-            left = (total - done) * self.per_step + len(later) * steps * self.per_step
-            for win in [w, *later]:
-                left += self.codec.decode_seconds(self.job.spec.latent_shape(
-                    win.frames, self.job.request.width, self.job.request.height)) or 0.0
+            self.per_step, self._sampling = elapsed / done, elapsed
+            left = (total - done) * self.per_step + len(later) * steps * self.per_step + decode(w)
+            for win in later:
+                left += self.window_extra if self.window_extra is not None else decode(win)
             return left
         return eta
 
@@ -482,6 +493,7 @@ def _run_windows(engine, job: Job, emit: Emit, cancel, t_start: float) -> None:
     for w in job.windows[job.start:]:
         if cancel is not None and cancel.is_set():
             raise Cancelled()
+        t_window = time.perf_counter()
         while True:
             try:
                 frames, sampled = run_window(engine, job, w, emit, cancel, eta.for_window(w))
@@ -514,6 +526,8 @@ def _run_windows(engine, job: Job, emit: Emit, cancel, t_start: float) -> None:
         job.sink.append(w.index, frames, next_overlap, last_meta)
         job.overlap = next_overlap
         del frames
+        if eta is not None:
+            eta.window_done(time.perf_counter() - t_window)
         if job.long is not None:
             emit(events.WindowDone(w.index, n, job.sink.journal.frames_done, job.path))
     if last_meta is None:      # a resumed job whose windows were all done already

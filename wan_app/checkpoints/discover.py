@@ -450,6 +450,7 @@ class Inventory:
             broken += [f.problem for f in self.of_kind("unknown") if f.problem and "no Wan tensors" not in f.problem]
             detail = " ".join(missing + [f"Unusable: {b}." for b in broken])
             raise UserError("model", f"{spec.name} cannot run yet. {detail}",
-                            "put the files where it says (or use Download in Settings), then rescan")
+                            f"put the files where it says (or `python app.py download --model {spec.id}`, or "
+                            "Settings → Models in the web app), then rescan")
         return ModelFiles(spec, chosen["transformer"], chosen.get("transformer_2"), chosen["text_encoder"],
                           chosen["tokenizer"], chosen["vae"], chosen.get("clip"))
