@@ -315,33 +315,40 @@ def _file_names(described: dict) -> dict:
 # ---- running ----------------------------------------------------------------------------------------
 class _Eta:
     """Seconds left in the whole job: the steps left in this window and in every later one at the measured
-    seconds per step, this window's decode at its last measured time, and for each later window what the
-    last finished one took outside its steps (prompt, conditioning, decode, append; until one has finished,
-    its decode)."""
+    seconds per step, plus what the last finished window spent outside its steps: before them (prompt,
+    conditioning) for each later window, after them (decode, append) for this one and each later one.
+    Until a window has finished, its decode at the last measured time stands for both."""
 
     def __init__(self, job: Job, codec):
         self.job, self.codec = job, codec
         self.per_step: float | None = None
-        self._sampling = 0.0                 # this window's seconds in its steps so far
-        self.window_extra: float | None = None
+        self.before: float | None = None       # seconds of the last finished window before its first step
+        self.after: float | None = None        # and after its last step
+        self._start = self._sampling_start = self._last_step = None
 
-    def window_done(self, wall_seconds: float) -> None:
-        self.window_extra = max(0.0, wall_seconds - self._sampling)
+    def window_done(self) -> None:
+        if self._last_step is not None:
+            self.before = max(0.0, self._sampling_start - self._start)
+            self.after = max(0.0, time.perf_counter() - self._last_step)
 
     def for_window(self, w: Window):
         steps = self.job.request.steps
         later = self.job.windows[w.index + 1:]
-        self._sampling = 0.0
+        self._start, self._sampling_start, self._last_step = time.perf_counter(), None, None
 
         def decode(win) -> float:
             return self.codec.decode_seconds(self.job.spec.latent_shape(
                 win.frames, self.job.request.width, self.job.request.height)) or 0.0
 
         def eta(done: int, total: int, elapsed: float) -> float:
-            self.per_step, self._sampling = elapsed / done, elapsed
-            left = (total - done) * self.per_step + len(later) * steps * self.per_step + decode(w)
+            now = time.perf_counter()
+            self.per_step, self._last_step = elapsed / done, now
+            if self._sampling_start is None:
+                self._sampling_start = now - elapsed
+            left = (total - done) * self.per_step + len(later) * steps * self.per_step
+            left += self.after if self.after is not None else decode(w)
             for win in later:
-                left += self.window_extra if self.window_extra is not None else decode(win)
+                left += self.before + self.after if self.after is not None else decode(win)
             return left
         return eta
 
@@ -493,7 +500,6 @@ def _run_windows(engine, job: Job, emit: Emit, cancel, t_start: float) -> None:
     for w in job.windows[job.start:]:
         if cancel is not None and cancel.is_set():
             raise Cancelled()
-        t_window = time.perf_counter()
         while True:
             try:
                 frames, sampled = run_window(engine, job, w, emit, cancel, eta.for_window(w))
@@ -527,7 +533,7 @@ def _run_windows(engine, job: Job, emit: Emit, cancel, t_start: float) -> None:
         job.overlap = next_overlap
         del frames
         if eta is not None:
-            eta.window_done(time.perf_counter() - t_window)
+            eta.window_done()
         if job.long is not None:
             emit(events.WindowDone(w.index, n, job.sink.journal.frames_done, job.path))
     if last_meta is None:      # a resumed job whose windows were all done already
