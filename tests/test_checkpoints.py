@@ -321,3 +321,32 @@ def test_scan_cached_refresh_reads_every_header_again(tiny_root, tmp_path, monke
     assert reads == []
     scan_cached([root], refresh=True)
     assert len(reads) == 3
+
+
+@pytest.mark.parametrize("keep_class", [True, False])
+def test_a_tokenizer_folder_that_asks_to_run_its_own_code_is_refused_and_nothing_runs(tiny_root, tmp_path,
+                                                                                     keep_class):
+    """transformers asks "run the custom code? [y/N]" for a tokenizer_config.json with an auto_map (and no
+    tokenizer class of its own): a yes on stdin would run the folder's Python. The app refuses the folder."""
+    import json
+    import subprocess
+    import sys
+    root = copy_layout(tiny_root, "diffusers-t2v", tmp_path / "models")
+    marker = tmp_path / "ran"
+    cfg_path = root / "tokenizer" / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["auto_map"] = {"AutoTokenizer": ["evil.EvilTokenizer", None]}
+    if not keep_class:
+        cfg.pop("tokenizer_class", None)
+    cfg_path.write_text(json.dumps(cfg))
+    (root / "tokenizer" / "evil.py").write_text(
+        f"open({str(marker)!r}, 'w').write('ran')\nfrom transformers import T5Tokenizer\n"
+        "class EvilTokenizer(T5Tokenizer):\n    pass\n")
+    code = ("import sys\nfrom wan_app.checkpoints import scan\nfrom wan_app.checkpoints.load import load_tokenizer\n"
+            "from wan_app.errors import UserError\n"
+            f"files = scan([{str(root)!r}]).resolve({tiny.T21!r})\n"
+            "try:\n    load_tokenizer(files.tokenizer)\nexcept UserError as e:\n    print('REFUSED', e)\n")
+    r = subprocess.run([sys.executable, "-c", code], input="y\n" * 5, capture_output=True, text=True, timeout=300,
+                       cwd=Path(__file__).resolve().parents[1], env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert "REFUSED tokenizer:" in r.stdout and "auto_map" in r.stdout, (r.stdout, r.stderr[-2000:])
+    assert not marker.exists()

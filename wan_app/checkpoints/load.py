@@ -361,12 +361,26 @@ def tokenizer_from_spm(model_bytes: bytes):
     return T5Tokenizer(vocab=vocab, extra_ids=0)
 
 
+def _refuse_code(folder: Path) -> None:
+    """A tokenizer folder may name Python to run (`auto_map`, with the .py files beside it); transformers then
+    asks "run the custom code? [y/N]" and runs it on a yes. umT5 needs no code: refuse such a folder."""
+    for name in ("tokenizer_config.json", "config.json"):
+        path = folder / name
+        cfg = _read_json(path) if path.is_file() else None
+        if isinstance(cfg, dict) and "auto_map" in cfg:
+            raise UserError("tokenizer", f"{path} asks to run Python code from the models folder (auto_map); "
+                            "this app never runs code from a models folder",
+                            "use the google/umt5-xxl tokenizer files (tokenizer.json, tokenizer_config.json), which "
+                            "need none")
+
+
 def load_tokenizer(found):
     if found.kind == "tokenizer":
         from transformers import AutoTokenizer
         folder = Path(found.path)
+        _refuse_code(folder)
         try:
-            return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+            return AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
         except Exception as e:
             if (folder / "spiece.model").exists():
                 return tokenizer_from_spm((folder / "spiece.model").read_bytes())
