@@ -10,4 +10,5 @@ if [ "$(uname -s)" = Linux ] && [ ! -x /usr/bin/chromium ]; then
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium >/dev/null
 fi
 export GRADIO_ANALYTICS_ENABLED=False HF_HUB_OFFLINE=1 PYTHONDONTWRITEBYTECODE=1
-exec .venv/bin/python -m pytest -q "$@"
+# two workers (pytest-xdist): the web-app tests run on one of them in turn (tests/conftest.py)
+exec .venv/bin/python -m pytest -q -n 2 --dist loadgroup "$@"

@@ -5,6 +5,19 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
 import pytest  # noqa: E402
 
+# ./test.sh runs the suite on two pytest-xdist workers. The tests that start the web app (each on a probed
+# free port) and drive it with timed steps run one after another on one worker, as one xdist group; so does
+# a test marked @pytest.mark.serial, which times a run. The rest spreads over both workers. (Two such
+# groups side by side were slower here: two apps and a browser on two cores.)
+SERIAL_MODULES = {"test_browser", "test_browser_i2v", "test_ui_app", "test_ui_security", "test_ui_i2v",
+                  "test_ui_tabs"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module.__name__.rsplit(".", 1)[-1] in SERIAL_MODULES or item.get_closest_marker("serial"):
+            item.add_marker(pytest.mark.xdist_group("serial"))
+
 
 @pytest.fixture(scope="session")
 def tiny_root(tmp_path_factory):

@@ -114,9 +114,15 @@ def fifo(d: Path, env):
 
 
 def unix_socket(d: Path, env):
+    # bound by a relative name: a socket path is limited to 108 bytes, and pytest-xdist's tmp paths are long
     s = socket.socket(socket.AF_UNIX)
-    s.bind(str(d / "sock.safetensors"))
-    s.close()
+    here = os.getcwd()
+    os.chdir(d)
+    try:
+        s.bind("sock.safetensors")
+    finally:
+        os.chdir(here)
+        s.close()
 
 
 def unreadable(d: Path, env):

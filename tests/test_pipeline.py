@@ -190,6 +190,7 @@ def test_a_videos_metadata_names_files_but_never_where_they_are(tiny_root, tmp_p
     assert json.loads(text)["files"]["transformer"]["path"].endswith(".safetensors")
 
 
+@pytest.mark.serial
 def test_a_long_jobs_eta_counts_the_time_each_later_window_spends_outside_its_steps(tiny_root, tmp_path,
                                                                                   monkeypatch):
     """A window also encodes, decodes and appends (here appending is made slow, as a slow disk would):
