@@ -686,7 +686,8 @@ def _reasons(p: Plan, m: _Machine, spec, w, h, frames, e: _Est, disk: DiskWeight
     r.append(att)
     if p.compiled:
         r.append("Transformer blocks compiled with torch.compile" + tag("compile")
-                 + ": the first step at a new size compiles them (shown as its own phase), later steps run faster")
+                 + ": the first step at a new size compiles them (shown as its own phase); later steps reuse the "
+                   "compiled code (its speed-up is not measured yet)")
     elif m.kind == "cuda":
         r.append("torch.compile off" + (tag("compile") if "compile" in forced else
                  (": not measured on a GPU yet (bench/gpu_check.sh); turn it on in Settings or with --compile"
