@@ -188,3 +188,18 @@ def test_fp8_and_gguf_weights_compile_once_each_with_their_own_compile_phase(eag
         assert compile_blocks.graphs_compiled() - before == 1, name          # these layers, this size: once
         assert sum(isinstance(e, events.Progress) and e.phase == "compile" for e in evs) == 1, name
         assert not [e for e in evs if isinstance(e, events.Notice) and "more graph" in e.message], name
+
+
+def test_a_compiled_magcache_run_skips_the_same_forwards_and_makes_the_same_video(eager_compiler, tiny_root,
+                                                                                 tmp_path, monkeypatch):
+    monkeypatch.setattr(planner, "unavailable_reason", lambda kind, triton: None)
+    req = dict(model=tiny.T21, prompt="a fox", frames=9, width=64, height=64, steps=20, seed=1, cache="magcache")
+    root = tiny_root["diffusers-t2v"].path
+    plain = list(Engine([root], tmp_path / "plain", hardware=CPU).run(Request(**req)))[-1]
+    before = compile_blocks.graphs_compiled()
+    compiled = list(Engine([root], tmp_path / "compiled", hardware=CPU, overrides=Overrides(compile=True))
+                    .run(Request(**req)))[-1]
+    assert isinstance(compiled, events.Finished), compiled
+    assert compiled.metadata["forwards_skipped"] == plain.metadata["forwards_skipped"] > 0
+    assert compile_blocks.graphs_compiled() - before == 1
+    assert np.array_equal(read_video(compiled.path), read_video(plain.path))
