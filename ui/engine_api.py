@@ -75,8 +75,7 @@ def validate_overrides(engine, spec, overrides: Overrides) -> None:
 def compile_unavailable(hw) -> str | None:
     """Why torch.compile of the blocks cannot run on this machine, or None when it can (the planner's rule)."""
     from wan_app.compile_blocks import unavailable_reason
-    kind = "cuda" if getattr(hw, "gpus", None) else ("mps" if getattr(hw, "mps", False) else "cpu")
-    return unavailable_reason(kind, bool(getattr(hw, "triton", False)))
+    return unavailable_reason(hw.device.split(":")[0], hw.triton)
 
 
 def check_request(req: Request):

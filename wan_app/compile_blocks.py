@@ -53,16 +53,21 @@ def compile_blocks(model: nn.Module) -> None:
     for block in model.blocks:
         if "forward" not in block.__dict__:
             block.forward = torch.compile(block.forward, backend=_backend, fullgraph=False)
+    # What dynamo guards on besides the input, read once here (the layers are final by now): the layer
+    # kinds (fp8, GGUF, LoRA) and their tensors' dtypes and shapes (a GGUF quant type is a byte shape).
+    block = model.blocks[0]
+    model._compiled_layers = (tuple(type(m).__name__ for m in block.modules()),
+                              tuple((str(p.dtype), tuple(p.shape)) for p in block.parameters()))
 
 
 def uncompile_blocks(model: nn.Module) -> None:
     for block in model.blocks:
         block.__dict__.pop("forward", None)
+    model.__dict__.pop("_compiled_layers", None)
 
 
 def is_compiled(model: nn.Module) -> bool:
-    blocks = getattr(model, "blocks", None)
-    return bool(blocks) and "forward" in blocks[0].__dict__
+    return getattr(model, "_compiled_layers", None) is not None
 
 
 def first_forward(model: nn.Module, shape: tuple, dtype: torch.dtype) -> bool:
@@ -70,12 +75,7 @@ def first_forward(model: nn.Module, shape: tuple, dtype: torch.dtype) -> bool:
     will compile: the first at this size."""
     if not is_compiled(model):
         return False
-    block = model.blocks[0]
-    # what dynamo guards on besides the input: the layer kinds (fp8, GGUF, LoRA) and their tensors' dtypes and
-    # shapes (a GGUF quant type is a byte shape)
-    kinds = (tuple(type(m).__name__ for m in block.modules()),
-             tuple((str(p.dtype), tuple(p.shape)) for p in block.parameters()))
-    key = (kinds, tuple(shape), dtype)
+    key = (model._compiled_layers, tuple(shape), dtype)
     if key in _warm:
         return False
     _warm.add(key)
