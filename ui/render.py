@@ -116,7 +116,7 @@ def plan_html(p, title: str = "", experts: int = 1) -> str:
             ("Blocks swapped to CPU", f"{p.blocks_swapped} of {p.blocks_total}"),
             ("Text encoder", f"{p.text_encoder_device} ({p.text_encoder_dtype})"),
             ("Attention", p.attention_backend), ("VAE tiling", "on" if p.vae_tiling else "off"),
-            ("Blocks compiled (torch.compile)", "on" if getattr(p, "compiled", False) else "off"),
+            ("Blocks compiled (torch.compile)", "on" if p.compiled else "off"),
             ("Most frames at this size", str(p.max_frames)), ("Estimated peak", peak_text(p))]
     if experts == 2:
         rows.append(("A14B experts in RAM", p.experts_resident))
